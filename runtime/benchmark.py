@@ -1,0 +1,117 @@
+"""What the run loop needs from a benchmark, and where each benchmark lives.
+
+A benchmark is built untimed (model, optimizer, compiled step) without touching the dataset; the loop
+then warms it up on synthetic batches, starts the clock, opens the data, and drives blocks of train steps
+with an evaluation after each block until the quality target is met.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass, field
+
+import torch
+
+from runtime.distributed import LaunchEnv
+from runtime.mlperf_log import MLPerfLogger
+from runtime.parallel import ParallelLayout
+
+# Log name -> package. Each package has `config.py` (FLAVOURS) and `benchmark.py` (BENCHMARK class).
+BENCHMARKS = {
+    "resnet": "models.resnet",
+}
+
+
+@dataclass
+class Block:
+    """Train steps between two evaluations, with the metadata each MLPerf event of the block carries.
+
+    `eval_metadata` holds `epoch_num` (or `samples_count`) in the unit the RCP checker reads for this
+    benchmark: epochs for ResNet, samples for BERT, tokens for GPT-3, epoch fractions for DLRM.
+    """
+
+    steps: int
+    start_metadata: dict
+    stop_metadata: dict
+    eval_metadata: dict
+
+
+@dataclass
+class RunContext:
+    launch: LaunchEnv
+    layout: ParallelLayout
+    device: torch.device
+    log: MLPerfLogger
+    run_dir: str
+    data_dir: str
+    seed: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.launch.rank == 0
+
+
+class Benchmark(abc.ABC):
+    name: str  # MLPerf log name, e.g. "resnet"
+    metric_name: str = "accuracy"
+    higher_is_better: bool = True
+
+    def __init__(self, cfg, ctx: RunContext):
+        self.cfg = cfg
+        self.ctx = ctx
+
+    @property
+    @abc.abstractmethod
+    def global_batch_size(self) -> int: ...
+
+    @abc.abstractmethod
+    def log_hyperparameters(self) -> None:
+        """Benchmark keys of closed_<name>.yaml (and gradient_accumulation_steps, global_batch_size)."""
+
+    @abc.abstractmethod
+    def warmup(self, steps: int) -> None:
+        """Untimed: run train and eval steps on synthetic batches, then restore the initial state."""
+
+    @abc.abstractmethod
+    def open_data(self) -> dict:
+        """Timed: open the dataset; returns {"train_samples": n, "eval_samples": m}."""
+
+    @abc.abstractmethod
+    def blocks(self) -> list[Block]:
+        """All blocks up to the benchmark's budget, in order."""
+
+    @abc.abstractmethod
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step over one global batch; returns the loss as a device tensor (no host sync)."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> float:
+        """The quality metric over the whole eval set, identical on every rank."""
+
+    def progress_fields(self) -> dict:
+        """Extra fields for the progress line (e.g. the learning rate)."""
+        return {}
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict: ...
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def reached(self, value: float, target: float) -> bool:
+        return value >= target if self.higher_is_better else value <= target
+
+    def close(self) -> None:
+        """Release data loader workers and the like."""
+
+
+def load_benchmark(name: str):
+    """(FLAVOURS, Benchmark class) of a benchmark, imported only when asked for."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    package = BENCHMARKS[name]
+    config = importlib.import_module(f"{package}.config")
+    bench = importlib.import_module(f"{package}.benchmark")
+    return config.FLAVOURS, bench.BENCHMARK

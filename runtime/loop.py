@@ -1,0 +1,204 @@
+"""The one run loop every benchmark uses.
+
+    cache_clear, init_start, submission keys, seed, hyperparameters
+    build (untimed), warm-up on synthetic batches, resume
+    init_stop + run_start (barriers around both)
+    open the data, then per block: block_start, train steps, block_stop, eval, eval_accuracy
+    stop at the target (success), at the end of the budget, on a non-finite loss (aborted)
+    run_stop, RESULT line, plot and summary
+
+Host syncs happen only at sync points (every `run.log_every_steps` steps and at block ends): that is where
+the loss is read for the progress line and the NaN check, and where ranks agree on a pending SIGTERM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from mlperf_logging.mllog import constants
+
+from runtime import checkpoint, report
+from runtime.benchmark import Benchmark, RunContext
+from runtime.config import RunConfig
+from runtime.mlperf_log import now_ms
+
+EXIT_SUCCESS, EXIT_NOT_CONVERGED = 0, 2
+
+
+@dataclass
+class LoopState:
+    """Where the run is; saved in checkpoints so a resumed run continues at the same step."""
+
+    global_step: int = 0
+    block_index: int = 0
+    step_in_block: int = 0
+    evals: list = field(default_factory=list)  # (samples trained, metric value)
+
+    def state_dict(self) -> dict:
+        return {"global_step": self.global_step, "block_index": self.block_index,
+                "step_in_block": self.step_in_block, "evals": [list(e) for e in self.evals]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "LoopState":
+        return cls(state["global_step"], state["block_index"], state["step_in_block"],
+                   [tuple(e) for e in state["evals"]])
+
+
+@dataclass
+class RunResult:
+    status: str  # "success" or "aborted"
+    reason: str
+    seconds: float
+    samples: int
+    evals: list
+    exit_code: int
+
+
+def _barrier(ctx: RunContext) -> None:
+    if ctx.launch.world_size > 1:
+        dist.barrier()
+
+
+def _any_rank(ctx: RunContext, flag: bool) -> bool:
+    if ctx.launch.world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class RunLoop:
+    def __init__(self, bench: Benchmark, ctx: RunContext, run_cfg: RunConfig):
+        self.bench, self.ctx, self.run_cfg = bench, ctx, run_cfg
+        self.state = LoopState()
+        self.preemption = checkpoint.PreemptionFlag()
+        self.ckpt_path = os.path.join(run_cfg.checkpoint_dir, checkpoint.LATEST) if run_cfg.checkpoint_dir else ""
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def try_resume(self) -> bool:
+        if not (self.ckpt_path and self.run_cfg.resume and os.path.exists(self.ckpt_path)):
+            return False
+        state = checkpoint.load(self.ckpt_path, map_location=self.ctx.device)
+        for key in ("loop", "benchmark", "seed"):
+            if key not in state:
+                raise RuntimeError(f"checkpoint {self.ckpt_path}: missing key {key!r}")
+        if state["seed"] != self.ctx.seed:
+            raise RuntimeError(f"checkpoint {self.ckpt_path} was written with seed {state['seed']}, this run "
+                               f"uses {self.ctx.seed}: resume with run.seed={state['seed']}")
+        self.bench.load_state_dict(state["benchmark"])
+        self.state = LoopState.from_state_dict(state["loop"])
+        if self.ctx.is_main:
+            print(f"resumed from {self.ckpt_path} at step {self.state.global_step}", flush=True)
+        return True
+
+    def save(self) -> None:
+        if not self.ckpt_path:
+            return
+        state = {"loop": self.state.state_dict(), "benchmark": self.bench.state_dict(), "seed": self.ctx.seed}
+        if self.ctx.is_main:
+            checkpoint.save_atomic(state, self.ckpt_path)
+        _barrier(self.ctx)
+
+    # -- the timed part --------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        bench, ctx, log = self.bench, self.ctx, self.ctx.log
+        self.preemption.install()
+        _barrier(ctx)
+        log.end(constants.INIT_STOP)
+        _barrier(ctx)
+        log.start(constants.RUN_START)
+        t_start = time.time()
+        self.t_start_ms = now_ms()
+
+        sizes = bench.open_data()
+        log.event(constants.TRAIN_SAMPLES, sizes["train_samples"])
+        log.event(constants.EVAL_SAMPLES, sizes["eval_samples"])
+        blocks = bench.blocks()
+        total_steps = sum(b.steps for b in blocks)
+        status, reason, exit_code = constants.ABORTED, "budget exhausted before the target", EXIT_NOT_CONVERGED
+
+        window_loss = torch.zeros((), device=ctx.device)
+        window_steps, window_t = 0, time.time()
+        stop = False
+        for index in range(self.state.block_index, len(blocks)):
+            block = blocks[index]
+            self.state.block_index = index
+            log.start(constants.BLOCK_START, metadata=block.start_metadata)
+            while self.state.step_in_block < block.steps:
+                loss = bench.train_step(self.state.global_step)
+                window_loss += loss.detach().float()
+                window_steps += 1
+                self.state.global_step += 1
+                self.state.step_in_block += 1
+                at_max = bool(self.run_cfg.max_steps) and self.state.global_step >= self.run_cfg.max_steps
+                if (self.state.global_step % self.run_cfg.log_every_steps == 0
+                        or self.state.step_in_block == block.steps or at_max):
+                    mean_loss = (window_loss / window_steps).item()
+                    self._progress(mean_loss, window_steps, time.time() - window_t, total_steps)
+                    window_loss.zero_()
+                    window_steps, window_t = 0, time.time()
+                    if not math.isfinite(mean_loss):
+                        reason, stop = f"non-finite loss {mean_loss} at step {self.state.global_step}", True
+                        break
+                    if _any_rank(ctx, self.preemption.requested):
+                        self.save()
+                        return self._finish(constants.ABORTED, "preempted by SIGTERM (checkpoint saved)",
+                                            checkpoint.EXIT_PREEMPTED, t_start)
+                    if at_max:
+                        self.save()
+                        reason, stop = f"stopped at run.max_steps={self.run_cfg.max_steps}", True
+                        break
+            if stop:
+                log.end(constants.BLOCK_STOP, metadata=block.stop_metadata)
+                break
+            log.end(constants.BLOCK_STOP, metadata=block.stop_metadata)
+
+            log.start(constants.EVAL_START, metadata=block.eval_metadata)
+            value = bench.evaluate()
+            log.event(constants.EVAL_ACCURACY, value, metadata=block.eval_metadata)
+            log.end(constants.EVAL_STOP, metadata=block.eval_metadata)
+            samples = self.state.global_step * bench.global_batch_size
+            self.state.evals.append((samples, value))
+            self.state.step_in_block = 0
+            self.state.block_index = index + 1
+            if ctx.is_main:
+                print(f"eval after {samples} samples: {bench.metric_name} {value:.4f} "
+                      f"(target {self.run_cfg.target})", flush=True)
+                report.write_metrics_line(ctx.run_dir, {"step": self.state.global_step, "samples": samples,
+                                                        "eval": value})
+            if not math.isfinite(value):
+                reason = f"non-finite eval {bench.metric_name} {value}"
+                break
+            if bench.reached(value, self.run_cfg.target):
+                status, reason, exit_code = constants.SUCCESS, "target reached", EXIT_SUCCESS
+                break
+            if self.run_cfg.checkpoint_every_blocks and (index + 1) % self.run_cfg.checkpoint_every_blocks == 0:
+                self.save()
+        return self._finish(status, reason, exit_code, t_start)
+
+    def _progress(self, mean_loss: float, steps: int, seconds: float, total_steps: int) -> None:
+        if not self.ctx.is_main:
+            return
+        gbs = self.bench.global_batch_size
+        rate = steps * gbs / seconds if seconds > 0 else float("nan")
+        left = total_steps - self.state.global_step
+        eta = left * seconds / steps if steps else float("nan")
+        fields = self.bench.progress_fields()
+        extra = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        print(f"step {self.state.global_step}/{total_steps} loss {mean_loss:.4f} {extra} "
+              f"{rate:.1f} samples/s budget-ETA {eta / 60:.1f} min", flush=True)
+        report.write_metrics_line(self.ctx.run_dir, {"step": self.state.global_step, "loss": mean_loss,
+                                                     "samples_per_s": rate, **fields})
+
+    def _finish(self, status: str, reason: str, exit_code: int, t_start: float) -> RunResult:
+        self.preemption.uninstall()
+        _barrier(self.ctx)
+        self.ctx.log.end(constants.RUN_STOP, metadata={"status": status})
+        seconds = time.time() - t_start
+        samples = self.state.global_step * self.bench.global_batch_size
+        return RunResult(status, reason, seconds, samples, list(self.state.evals), exit_code)

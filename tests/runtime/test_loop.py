@@ -1,0 +1,143 @@
+"""The run loop on a toy benchmark: stop at target, budget, NaN, max_steps + resume, and the MLPerf log."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from runtime.benchmark import Benchmark, Block, RunContext
+from runtime.config import RunConfig
+from runtime.distributed import LaunchEnv
+from runtime.loop import EXIT_NOT_CONVERGED, EXIT_SUCCESS, RunLoop
+from runtime.mlperf_log import MLPerfLogger
+from runtime.parallel import ParallelLayout
+
+
+class Toy(Benchmark):
+    """Fits y = 3x with SGD; 'accuracy' is 1 - |w - 3| / 3, so it rises as training goes on."""
+
+    name = "resnet"  # reuse a real benchmark name so the compliance checker has a rule file
+    global_batch_size = 8
+
+    def __init__(self, ctx, evals_per_block=1, nan_at=None, steps_per_block=5, blocks=6):
+        super().__init__(None, ctx)
+        self.w = torch.zeros(1, requires_grad=True)
+        self.opt = torch.optim.SGD([self.w], lr=0.05)
+        self.nan_at, self.steps_per_block, self.n_blocks = nan_at, steps_per_block, blocks
+        self.losses = {}
+
+    def log_hyperparameters(self):
+        log = self.ctx.log
+        for key, value in [("global_batch_size", 8), ("gradient_accumulation_steps", 1), ("opt_name", "lars"),
+                           ("lars_opt_base_learning_rate", 0.05), ("lars_opt_end_learning_rate", 0.0001),
+                           ("lars_opt_learning_rate_decay_poly_power", 2), ("lars_opt_learning_rate_decay_steps", 30),
+                           ("lars_epsilon", 0.0), ("lars_opt_learning_rate_warmup_epochs", 0),
+                           ("lars_opt_momentum", 0.9), ("lars_opt_weight_decay", 0.0001)]:
+            log.event(key, value)
+
+    def warmup(self, steps):
+        pass
+
+    def open_data(self):
+        return {"train_samples": 40, "eval_samples": 8}
+
+    def blocks(self):
+        return [Block(self.steps_per_block, {"first_epoch_num": i + 1, "epoch_count": 1},
+                      {"first_epoch_num": i + 1}, {"epoch_num": i + 1}) for i in range(self.n_blocks)]
+
+    def train_step(self, step):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(8, generator=g)
+        loss = ((self.w * x - 3 * x) ** 2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        if self.nan_at is not None and step >= self.nan_at:
+            loss = loss * float("nan")
+        self.losses[step] = loss.item()
+        return loss.detach()
+
+    def evaluate(self):
+        return float(1 - abs(self.w.item() - 3) / 3)
+
+    def state_dict(self):
+        return {"w": self.w.detach().clone(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            self.w.copy_(state["w"])
+        self.opt.load_state_dict(state["opt"])
+
+
+def _ctx(tmp_path, name="log.txt"):
+    log = MLPerfLogger(str(tmp_path / name), enabled=True, stdout=False)
+    launch = LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 29500)
+    return RunContext(launch, ParallelLayout(1, 0), torch.device("cpu"), log, str(tmp_path), "", seed=5)
+
+
+def _run(tmp_path, run_cfg, name="log.txt", **toy_args):
+    ctx = _ctx(tmp_path, name)
+    ctx.log.event("cache_clear", True)
+    ctx.log.start("init_start")
+    ctx.log.log_submission("resnet", org="t", platform="cpu", division="closed", status="onprem")
+    ctx.log.event("seed", ctx.seed)
+    bench = Toy(ctx, **toy_args)
+    bench.log_hyperparameters()
+    loop = RunLoop(bench, ctx, run_cfg)
+    loop.try_resume()
+    result = loop.run()
+    ctx.log.close()
+    return result, bench, tmp_path / name
+
+
+def _events(path):
+    return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in path.read_text().splitlines()]
+
+
+def _compliant(path):
+    r = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+                        "--ruleset", "4.0.0", str(path)], capture_output=True, text=True)
+    return r.returncode == 0 and "SUCCESS" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_stops_at_target_with_a_compliant_log(tmp_path):
+    result, bench, log = _run(tmp_path, RunConfig(target=0.8, log_every_steps=2))
+    assert result.status == "success" and result.exit_code == EXIT_SUCCESS
+    # accuracy is monotone in training here, so the run stops at the first eval >= 0.8
+    values = [v for _, v in result.evals]
+    assert values[-1] >= 0.8 and all(v < 0.8 for v in values[:-1]) and len(values) < 6
+    events = _events(log)
+    keys = [e["key"] for e in events]
+    assert keys.count("run_stop") == 1 and keys.count("eval_accuracy") == len(values)
+    assert events[keys.index("run_stop")]["metadata"]["status"] == "success"
+    assert keys.index("init_stop") < keys.index("run_start") < keys.index("train_samples")
+    ok, out = _compliant(log)
+    assert ok, out
+
+
+def test_budget_exhausted_is_aborted(tmp_path):
+    result, _, log = _run(tmp_path, RunConfig(target=1.01, log_every_steps=5))
+    assert result.status == "aborted" and result.exit_code == EXIT_NOT_CONVERGED and len(result.evals) == 6
+    assert _events(log)[-1]["metadata"]["status"] == "aborted"
+    ok, out = _compliant(log)
+    assert ok, out
+
+
+def test_non_finite_loss_aborts_at_the_next_sync_point(tmp_path):
+    result, bench, _ = _run(tmp_path, RunConfig(target=0.99, log_every_steps=2), nan_at=6)
+    assert result.status == "aborted" and "non-finite loss" in result.reason
+    assert max(bench.losses) == 7  # steps 6 and 7 ran; the check at step 8 (global count) stopped it
+
+
+def test_resume_continues_with_the_same_next_loss(tmp_path):
+    full, full_bench, _ = _run(tmp_path / "a", RunConfig(target=1.01, log_every_steps=1, max_steps=13))
+    ck = str(tmp_path / "ck")
+    first, _, _ = _run(tmp_path / "b", RunConfig(target=1.01, log_every_steps=1, max_steps=7, checkpoint_dir=ck))
+    assert first.status == "aborted" and "max_steps" in first.reason
+    second, resumed, _ = _run(tmp_path / "c", RunConfig(target=1.01, log_every_steps=1, max_steps=13,
+                                                        checkpoint_dir=ck))
+    assert min(resumed.losses) == 7  # it did not redo steps 0..6
+    for step in range(7, 13):
+        assert resumed.losses[step] == full_bench.losses[step]
+    assert [v for _, v in second.evals] == [v for _, v in full.evals]

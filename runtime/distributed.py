@@ -8,6 +8,7 @@ by the survivors instead of leaving them hanging (see `runtime/watchdog.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -24,7 +25,7 @@ DEFAULT_MASTER_PORT = 29500  # NVIDIA's choice: outside the ephemeral range, so 
 class LaunchEnv:
     """Where this process sits in the job, whoever launched it."""
 
-    launcher: str  # "torchrun", "slurm", "openmpi", "mpich" or "single"
+    launcher: str  # "torchrun", "env" (RANK/WORLD_SIZE set by hand), "slurm", "openmpi", "mpich" or "single"
     rank: int
     world_size: int
     local_rank: int
@@ -32,9 +33,7 @@ class LaunchEnv:
     master_addr: str
     master_port: int
 
-    @property
-    def is_torchrun(self) -> bool:
-        return self.launcher == "torchrun"
+    agent_store: bool = False  # torchrun's agent already hosts the rendezvous store at MASTER_ADDR:PORT
 
 
 def _int(env: dict, key: str) -> int:
@@ -68,10 +67,11 @@ def detect_launch(env: dict | None = None) -> LaunchEnv:
     port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_MASTER_PORT
     addr = env.get("MASTER_ADDR")
 
-    if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env):
-        return LaunchEnv("torchrun", _int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK"),
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return LaunchEnv("torchrun" if "TORCHELASTIC_RUN_ID" in env else "env", _int(env, "RANK"),
+                         _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
                          _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else _int(env, "WORLD_SIZE"),
-                         addr or "127.0.0.1", port)
+                         addr or "127.0.0.1", port, agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and _int(env, "SLURM_NTASKS") > 1:
         local_world = _int(env, "SLURM_NTASKS_PER_NODE") if env.get("SLURM_NTASKS_PER_NODE", "").isdigit() \
             else _int(env, "SLURM_NTASKS") // max(1, _int(env, "SLURM_NNODES") if "SLURM_NNODES" in env else 1)
@@ -97,8 +97,7 @@ def _mpi_master(launch: LaunchEnv) -> LaunchEnv:
     from mpi4py import MPI  # lazy: only MPI launches need it
 
     addr = MPI.COMM_WORLD.bcast(socket.gethostname() if launch.rank == 0 else None, root=0)
-    return LaunchEnv(launch.launcher, launch.rank, launch.world_size, launch.local_rank,
-                     launch.local_world_size, addr, launch.master_port)
+    return dataclasses.replace(launch, master_addr=addr)
 
 
 def pick_device(launch: LaunchEnv) -> torch.device:
@@ -108,19 +107,20 @@ def pick_device(launch: LaunchEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(launch: LaunchEnv, device: torch.device, timeout_s: float) -> dist.Store | None:
-    """Create the default process group; returns the rendezvous store (None for a single process).
+def init_distributed(launch: LaunchEnv, device: torch.device, timeout_s: float) -> tuple[LaunchEnv, dist.Store | None]:
+    """Create the default process group; returns the launch with its rendezvous address resolved and the
+    store (None for a single process).
 
     We host the TCPStore ourselves rather than using env:// so that the heartbeat watchdog can open its
     own client connection to the same store. Under torchrun the agent already hosts a store at
     MASTER_ADDR:MASTER_PORT, so every worker joins it as a client.
     """
     if launch.world_size == 1:
-        return None
+        return launch, None
     if launch.launcher in ("openmpi", "mpich"):
         launch = _mpi_master(launch)
     timeout = timedelta(seconds=timeout_s)
-    is_host = launch.rank == 0 and not launch.is_torchrun
+    is_host = launch.rank == 0 and not launch.agent_store
     store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, is_master=is_host,
                           timeout=timeout, wait_for_workers=False)
     # Torchrun's agent store is shared with torch.elastic's own keys; keep ours apart.
@@ -128,4 +128,4 @@ def init_distributed(launch: LaunchEnv, device: torch.device, timeout_s: float) 
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=launch.rank,
                             world_size=launch.world_size, timeout=timeout,
                             device_id=device if device.type == "cuda" else None)
-    return store
+    return launch, store

@@ -66,13 +66,12 @@ def main(argv=None) -> int:
 
     launch = detect_launch()
     device = pick_device(launch)
-    store = init_distributed(launch, device, cfg.run.collective_timeout_s)
+    launch, store = init_distributed(launch, device, cfg.run.collective_timeout_s)
     parallel = getattr(cfg, "parallel", None)
     layout = ParallelLayout(launch.world_size, launch.rank, **(vars(parallel) if parallel else {}))
     heartbeat = None
     if store is not None:
-        addr = os.environ.get("MASTER_ADDR", launch.master_addr)
-        heartbeat = watchdog.Heartbeat(addr or launch.master_addr, launch.master_port, launch.rank,
+        heartbeat = watchdog.Heartbeat(launch.master_addr, launch.master_port, launch.rank,
                                        launch.world_size).start()
 
     run_dir = args.run_dir or os.path.join("runs", f"{args.benchmark}_{datetime.datetime.now():%Y%m%d_%H%M%S}")

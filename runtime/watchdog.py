@@ -30,7 +30,7 @@ class Heartbeat:
 
     def _client(self) -> dist.Store:
         # Its own connection: a TCPStore client is not shared across threads.
-        store = dist.TCPStore(self._addr, self._port, is_master=False, timeout=timedelta(seconds=10),
+        store = dist.TCPStore(self._addr, self._port, is_master=False, timeout=timedelta(seconds=5),
                               wait_for_workers=False)
         return dist.PrefixStore("heartbeat", store)
 

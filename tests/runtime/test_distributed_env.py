@@ -12,6 +12,7 @@ def test_torchrun_variables():
            "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}  # torchrun inside an allocation: torchrun wins
     e = detect_launch(env)
     assert (e.launcher, e.rank, e.world_size, e.local_rank, e.local_world_size) == ("torchrun", 3, 8, 1, 2)
+    assert not e.agent_store  # only TORCHELASTIC_USE_AGENT_STORE=True says the agent hosts the store
     assert (e.master_addr, e.master_port) == ("node7", 1234)
 
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run a benchmark's `debug` flavour to its target on this machine, on the synthetic data it writes first,
+# then check the MLPerf log with the MLCommons compliance checker.
+#   usage: launchers/debug.sh BENCHMARK [NPROC] [section.field=value ...]
+#   e.g.   launchers/debug.sh resnet          one process
+#          launchers/debug.sh resnet 2        torchrun, 2 processes (gloo on CPU, nccl on GPUs)
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCHMARK="${1:?usage: launchers/debug.sh BENCHMARK [NPROC] [overrides...]}"
+shift
+NPROC=1
+if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then NPROC="$1"; shift; fi
+
+cd "$REPO"
+source launchers/setup_venv.sh
+DATADIR="${DATADIR:-$REPO/data/${BENCHMARK}_debug}"
+RUNDIR="${RUNDIR:-$REPO/runs/${BENCHMARK}_debug_$(date +%Y%m%d_%H%M%S)}"
+python -m runtime.synthesize "$BENCHMARK" --flavour debug --out "$DATADIR"
+
+if [[ "$NPROC" -gt 1 ]]; then
+    launch=(torchrun --standalone --nproc_per_node="$NPROC")
+else
+    launch=(python)
+fi
+status=0
+"${launch[@]}" -m runtime.train "$BENCHMARK" --flavour debug --data-dir "$DATADIR" --run-dir "$RUNDIR" "$@" \
+    || status=$?
+python -m mlperf_logging.compliance_checker --usage training --ruleset 4.0.0 "$RUNDIR/mlperf_log.txt"
+echo "run directory: $RUNDIR (mlperf_log.txt, eval_curve.png, summary.txt, run_config.json)"
+exit "$status"

@@ -38,6 +38,9 @@ class RunConfig:
     checkpoint_every_blocks: int = 0  # 0: only on SIGTERM
     resume: bool = True  # pick up checkpoint_dir/latest.pt when present
     max_steps: int = 0  # > 0: stop (aborted) after this many steps; for profiling and tests
+    # cudaProfilerStart/Stop around steps [start, stop) for nsys --capture-range=cudaProfilerApi; 0, 0: off
+    profile_start_step: int = 0
+    profile_stop_step: int = 0
     # Submission metadata (closed_common.yaml); platform defaults to $DGXSYSTEM or "<n>x<device>".
     submission_org: str = "mlperf-stack"
     submission_platform: str = ""

@@ -26,8 +26,9 @@ from runtime import checkpoint, report
 from runtime.benchmark import Benchmark, RunContext
 from runtime.config import RunConfig
 from runtime.mlperf_log import now_ms
+from runtime.profiling import StepProfiler
 
-EXIT_SUCCESS, EXIT_NOT_CONVERGED = 0, 2
+EXIT_SUCCESS, EXIT_NOT_CONVERGED = 0, 3  # 2 is argparse's usage error
 
 
 @dataclass
@@ -77,6 +78,7 @@ class RunLoop:
         self.bench, self.ctx, self.run_cfg = bench, ctx, run_cfg
         self.state = LoopState()
         self.preemption = checkpoint.PreemptionFlag()
+        self.profiler = StepProfiler(run_cfg.profile_start_step, run_cfg.profile_stop_step)
         self.ckpt_path = os.path.join(run_cfg.checkpoint_dir, checkpoint.LATEST) if run_cfg.checkpoint_dir else ""
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -130,7 +132,10 @@ class RunLoop:
             self.state.block_index = index
             log.start(constants.BLOCK_START, metadata=block.start_metadata)
             while self.state.step_in_block < block.steps:
-                loss = bench.train_step(self.state.global_step)
+                self.profiler.before_step(self.state.global_step)
+                with self.profiler.range(f"step {self.state.global_step}"):
+                    loss = bench.train_step(self.state.global_step)
+                self.profiler.after_step(self.state.global_step)
                 window_loss += loss.detach().float()
                 window_steps += 1
                 self.state.global_step += 1
@@ -138,7 +143,7 @@ class RunLoop:
                 at_max = bool(self.run_cfg.max_steps) and self.state.global_step >= self.run_cfg.max_steps
                 if (self.state.global_step % self.run_cfg.log_every_steps == 0
                         or self.state.step_in_block == block.steps or at_max):
-                    mean_loss = (window_loss / window_steps).item()
+                    mean_loss = self._global_mean(window_loss / window_steps)
                     self._progress(mean_loss, window_steps, time.time() - window_t, total_steps)
                     window_loss.zero_()
                     window_steps, window_t = 0, time.time()
@@ -159,7 +164,8 @@ class RunLoop:
             log.end(constants.BLOCK_STOP, metadata=block.stop_metadata)
 
             log.start(constants.EVAL_START, metadata=block.eval_metadata)
-            value = bench.evaluate()
+            with self.profiler.range("eval"):
+                value = bench.evaluate()
             log.event(constants.EVAL_ACCURACY, value, metadata=block.eval_metadata)
             log.end(constants.EVAL_STOP, metadata=block.eval_metadata)
             samples = self.state.global_step * bench.global_batch_size
@@ -181,6 +187,15 @@ class RunLoop:
                 self.save()
         return self._finish(status, reason, exit_code, t_start)
 
+    def _global_mean(self, local: torch.Tensor) -> float:
+        """The loss over the whole global batch. Every rank gets the same value, so every rank takes the
+        same decision at a NaN check."""
+        if self.ctx.layout.dp > 1:
+            local = local.clone()
+            dist.all_reduce(local, group=self.ctx.layout.dp_group())
+            local /= self.ctx.layout.dp
+        return local.item()
+
     def _progress(self, mean_loss: float, steps: int, seconds: float, total_steps: int) -> None:
         if not self.ctx.is_main:
             return
@@ -196,6 +211,7 @@ class RunLoop:
                                                      "samples_per_s": rate, **fields})
 
     def _finish(self, status: str, reason: str, exit_code: int, t_start: float) -> RunResult:
+        self.profiler.stop()
         self.preemption.uninstall()
         _barrier(self.ctx)
         self.ctx.log.end(constants.RUN_STOP, metadata={"status": status})

@@ -2,7 +2,7 @@
 
     python -m runtime.train resnet --flavour debug --data-dir DIR --run-dir DIR [--seed N] [optim.base_lr=2 ...]
 
-Exit codes: 0 target reached; 2 budget exhausted or diverged (run_stop aborted); 143 preempted by SIGTERM
+Exit codes: 0 target reached; 3 budget exhausted or diverged (run_stop aborted); 143 preempted by SIGTERM
 after saving a checkpoint; 17 a peer rank was lost (named on stderr).
 """
 
@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-dir", default="", help="where the log, config snapshot, plot and summary go")
     p.add_argument("--seed", type=int, default=None, help="overrides run.seed")
     p.add_argument("overrides", nargs="*", help="section.field=value")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def _agree_on_seed(requested: int | None, world_size: int, device: torch.device) -> int:

@@ -1,10 +1,9 @@
 """The run loop on a toy benchmark: stop at target, budget, NaN, max_steps + resume, and the MLPerf log."""
 
 import json
-import subprocess
-import sys
 
 import torch
+from conftest import compliance
 
 from runtime.benchmark import Benchmark, Block, RunContext
 from runtime.config import RunConfig
@@ -95,12 +94,6 @@ def _events(path):
     return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in path.read_text().splitlines()]
 
 
-def _compliant(path):
-    r = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
-                        "--ruleset", "4.0.0", str(path)], capture_output=True, text=True)
-    return r.returncode == 0 and "SUCCESS" in r.stdout + r.stderr, r.stdout + r.stderr
-
-
 def test_stops_at_target_with_a_compliant_log(tmp_path):
     result, bench, log = _run(tmp_path, RunConfig(target=0.8, log_every_steps=2))
     assert result.status == "success" and result.exit_code == EXIT_SUCCESS
@@ -112,7 +105,7 @@ def test_stops_at_target_with_a_compliant_log(tmp_path):
     assert keys.count("run_stop") == 1 and keys.count("eval_accuracy") == len(values)
     assert events[keys.index("run_stop")]["metadata"]["status"] == "success"
     assert keys.index("init_stop") < keys.index("run_start") < keys.index("train_samples")
-    ok, out = _compliant(log)
+    ok, out = compliance(log)
     assert ok, out
 
 
@@ -120,7 +113,7 @@ def test_budget_exhausted_is_aborted(tmp_path):
     result, _, log = _run(tmp_path, RunConfig(target=1.01, log_every_steps=5))
     assert result.status == "aborted" and result.exit_code == EXIT_NOT_CONVERGED and len(result.evals) == 6
     assert _events(log)[-1]["metadata"]["status"] == "aborted"
-    ok, out = _compliant(log)
+    ok, out = compliance(log)
     assert ok, out
 
 

@@ -1,0 +1,220 @@
+"""ResNet-50 v1.5 on ImageNet: what the run loop needs (build, warm-up, data, train step, eval, keys).
+
+Epochs are the unit of everything here: the LR schedule, the eval cadence (every `eval_every_epochs`
+with an offset), the budget, and `eval_accuracy.epoch_num` (epochs completed, as the RCP checker reads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from mlperf_logging.mllog import constants
+
+from models.resnet.config import ResNetConfig
+from models.resnet.lars import LARS, poly_warmup_lr
+from models.resnet.model import build_resnet, lars_param_groups
+from models.resnet.parallelize import parallelize, unwrap
+from runtime.benchmark import Benchmark, Block, RunContext
+
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def write_synthetic_data(cfg: ResNetConfig, out_dir: str) -> None:
+    from pipelines.imagenet.synthetic import write_synthetic_imagenet
+
+    d = cfg.data
+    write_synthetic_imagenet(out_dir, num_classes=d.synthetic_classes,
+                             train_per_class=d.synthetic_train_per_class, val_per_class=d.synthetic_val_per_class,
+                             num_train_shards=d.synthetic_train_shards, num_val_shards=d.synthetic_val_shards,
+                             min_side=d.synthetic_min_side, max_side=d.synthetic_max_side, seed=d.synthetic_seed)
+
+
+class ResNetBenchmark(Benchmark):
+    name = "resnet"
+    metric_name = "top1"
+
+    def __init__(self, cfg: ResNetConfig, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        t = cfg.train
+        dp = ctx.layout.dp
+        if t.global_batch_size % (dp * t.grad_accum):
+            raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
+                             f"dp*grad_accum = {dp}*{t.grad_accum}")
+        self.micro_batch = t.global_batch_size // (dp * t.grad_accum)
+        self.steps_per_epoch = cfg.data.train_samples // t.global_batch_size  # last partial batch dropped
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"data.train_samples={cfg.data.train_samples} is smaller than one global batch")
+        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.total_steps = math.ceil(t.epochs * self.steps_per_epoch)
+        self.autocast_dtype = _AUTOCAST[t.precision]
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+
+        self.model = parallelize(build_resnet(cfg.model), ctx.layout, ctx.device, channels_last=t.channels_last,
+                                 compile=t.compile)
+        o = cfg.optim
+        self.optimizer = LARS(lars_param_groups(unwrap(self.model)), lr=o.base_lr, momentum=o.momentum,
+                              weight_decay=o.weight_decay, eeta=o.trust_coefficient,
+                              epsilon=o.epsilon)
+        self.train_data = self.eval_data = None
+        self._epoch_iter, self._iter_epoch = None, -1
+        self._lr = o.base_lr
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.cfg.train.global_batch_size
+
+    # -- logging -----------------------------------------------------------------------------------------
+    def log_hyperparameters(self) -> None:
+        log, o, t = self.ctx.log, self.cfg.optim, self.cfg.train
+        log.event(constants.GLOBAL_BATCH_SIZE, t.global_batch_size)
+        log.event(constants.GRADIENT_ACCUMULATION_STEPS, t.grad_accum)
+        log.event(constants.OPT_NAME, constants.LARS)
+        log.event(constants.LARS_OPT_BASE_LEARNING_RATE, o.base_lr)
+        log.event(constants.LARS_OPT_END_LR, o.end_lr)
+        log.event(constants.LARS_OPT_LR_DECAY_POLY_POWER, o.poly_power)
+        log.event(constants.LARS_OPT_LR_DECAY_STEPS, self.total_steps - self.warmup_steps)
+        log.event(constants.LARS_EPSILON, o.epsilon)
+        log.event(constants.LARS_OPT_LEARNING_RATE_WARMUP_EPOCHS, o.warmup_epochs)
+        log.event(constants.LARS_OPT_MOMENTUM, o.momentum)
+        log.event(constants.LARS_OPT_WEIGHT_DECAY, o.weight_decay)
+        log.event(constants.MODEL_BN_SPAN, self.micro_batch)
+        log.event("label_smoothing", o.label_smoothing)
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+
+    def _step_on(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
+        o = self.cfg.optim
+        self._lr = poly_warmup_lr(step, base_lr=o.base_lr, warmup_steps=self.warmup_steps,
+                                  total_steps=self.total_steps, end_lr=o.end_lr, power=o.poly_power)
+        self.optimizer.set_lr(self._lr)
+        accum = self.cfg.train.grad_accum
+        total = torch.zeros((), device=self.ctx.device)
+        for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
+            last = i == accum - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    logits = self.model(x.to(self.ctx.device, non_blocking=True)
+                                        .contiguous(memory_format=self.memory_format))
+                loss = F.cross_entropy(logits.float(), y.to(self.ctx.device, non_blocking=True),
+                                       label_smoothing=o.label_smoothing) / accum
+                loss.backward()
+            total += loss.detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def train_step(self, step: int) -> torch.Tensor:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._iter_epoch != epoch:
+            self.train_data.set_epoch(epoch, start_step=index)  # start_step > 0 only when resuming
+            self._epoch_iter = iter(self.train_data)
+            self._iter_epoch = epoch
+        images, labels = next(self._epoch_iter)
+        self.model.train()
+        return self._step_on(images, labels, step)
+
+    @torch.no_grad()
+    def _eval_counts(self, batches) -> torch.Tensor:
+        self.model.eval()
+        counts = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)
+        for images, labels in batches:
+            with self._autocast():
+                logits = self.model(images.to(self.ctx.device).contiguous(memory_format=self.memory_format))
+            counts[0] += (logits.argmax(1) == labels.to(self.ctx.device)).sum()
+            counts[1] += labels.numel()
+        return counts
+
+    def evaluate(self) -> float:
+        counts = self._eval_counts(self.eval_data)
+        if self.ctx.launch.world_size > 1:
+            dist.all_reduce(counts, group=self.ctx.layout.dp_group())
+        if int(counts[1]) != self.cfg.data.eval_samples:
+            raise RuntimeError(f"evaluated {int(counts[1])} samples, expected all {self.cfg.data.eval_samples}")
+        return float(counts[0] / counts[1])
+
+    def warmup(self, steps: int) -> None:
+        """Compile/allocate on random batches, then restore the initial weights and optimizer state."""
+        if steps <= 0:
+            return
+        saved = copy.deepcopy(self.state_dict())
+        size = self.cfg.data.image_size
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(self.micro_batch * self.cfg.train.grad_accum, 3, size, size, generator=g)
+        labels = torch.randint(0, self.cfg.model.num_classes, (images.shape[0],), generator=g)
+        self.model.train()
+        for step in range(steps):
+            self._step_on(images, labels, step)
+        self._eval_counts([(images[: self.micro_batch], labels[: self.micro_batch])])
+        self.load_state_dict(saved)
+
+    # -- data and blocks -------------------------------------------------------------------------------
+    def open_data(self) -> dict:
+        d, ctx = self.cfg.data, self.ctx
+        if not ctx.data_dir:
+            raise ValueError("resnet needs --data-dir (for the debug flavour: python -m runtime.synthesize "
+                             "resnet --flavour debug --out DIR)")
+        if d.loader == "dali":
+            from pipelines.imagenet.dali import build_eval_loader, build_train_loader
+        elif d.loader == "torch":
+            from pipelines.imagenet.loader import build_eval_loader, build_train_loader
+        else:
+            raise ValueError(f"data.loader={d.loader!r}: expected 'dali' or 'torch'")
+        common = dict(rank=ctx.layout.dp_rank, world_size=ctx.layout.dp, image_size=d.image_size,
+                      num_workers=d.num_workers, index_dir=d.index_dir or None, device=ctx.device)
+        self.train_data = build_train_loader(ctx.data_dir, global_batch_size=self.global_batch_size,
+                                             seed=ctx.seed, **common)
+        self.eval_data = build_eval_loader(ctx.data_dir, batch_size=self.micro_batch, resize_size=d.eval_resize,
+                                           **common)
+        found = {"train_samples": self.train_data.num_samples, "eval_samples": self.eval_data.num_samples}
+        for key, n in found.items():
+            if n != getattr(d, key):
+                raise ValueError(f"{ctx.data_dir}: holds {n} {key.split('_')[0]} samples, the config says "
+                                 f"data.{key}={getattr(d, key)}")
+        return found
+
+    def blocks(self) -> list[Block]:
+        """Eval after epoch (every - offset), then every `eval_every_epochs`, and at the last epoch."""
+        t = self.cfg.train
+        if not 0 <= t.eval_offset < t.eval_every_epochs:
+            raise ValueError(f"train.eval_offset={t.eval_offset} must be in [0, {t.eval_every_epochs})")
+        ends = list(range(t.eval_every_epochs - t.eval_offset, t.max_epochs + 1, t.eval_every_epochs))
+        if not ends or ends[-1] != t.max_epochs:
+            ends.append(t.max_epochs)
+        blocks, first = [], 1
+        for last in ends:
+            count = last - first + 1
+            blocks.append(Block(steps=count * self.steps_per_epoch,
+                                start_metadata={"first_epoch_num": first, "epoch_count": count},
+                                stop_metadata={"first_epoch_num": first},
+                                eval_metadata={"epoch_num": last}))
+            first = last + 1
+        return blocks
+
+    def progress_fields(self) -> dict:
+        return {"lr": float(self._lr)}
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def close(self) -> None:
+        for data in (self.train_data, self.eval_data):
+            if data is not None and hasattr(data, "close"):
+                data.close()
+
+
+BENCHMARK = ResNetBenchmark

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -163,18 +164,24 @@ class ResNetBenchmark(Benchmark):
         if not ctx.data_dir:
             raise ValueError("resnet needs --data-dir (for the debug flavour: python -m runtime.synthesize "
                              "resnet --flavour debug --out DIR)")
+        # Record-offset indexes (DALI's format) are cached outside the dataset, which may be read-only.
+        index_dir = d.index_dir or os.path.join(os.path.expanduser("~"), ".cache", "mlperf-stack", "index")
+        common = dict(rank=ctx.layout.dp_rank, world_size=ctx.layout.dp, image_size=d.image_size,
+                      index_dir=index_dir)
         if d.loader == "dali":
-            from pipelines.imagenet.dali import build_eval_loader, build_train_loader
+            from pipelines.imagenet.dali import build_dali_eval_loader, build_dali_train_loader
+
+            common.update(num_threads=d.num_workers, device="gpu" if ctx.device.type == "cuda" else "cpu")
+            train, evaluate = build_dali_train_loader, build_dali_eval_loader
         elif d.loader == "torch":
             from pipelines.imagenet.loader import build_eval_loader, build_train_loader
+
+            common.update(num_workers=d.num_workers, device=ctx.device)
+            train, evaluate = build_train_loader, build_eval_loader
         else:
             raise ValueError(f"data.loader={d.loader!r}: expected 'dali' or 'torch'")
-        common = dict(rank=ctx.layout.dp_rank, world_size=ctx.layout.dp, image_size=d.image_size,
-                      num_workers=d.num_workers, index_dir=d.index_dir or None, device=ctx.device)
-        self.train_data = build_train_loader(ctx.data_dir, global_batch_size=self.global_batch_size,
-                                             seed=ctx.seed, **common)
-        self.eval_data = build_eval_loader(ctx.data_dir, batch_size=self.micro_batch, resize_size=d.eval_resize,
-                                           **common)
+        self.train_data = train(ctx.data_dir, global_batch_size=self.global_batch_size, seed=ctx.seed, **common)
+        self.eval_data = evaluate(ctx.data_dir, batch_size=self.micro_batch, resize_size=d.eval_resize, **common)
         found = {"train_samples": self.train_data.num_samples, "eval_samples": self.eval_data.num_samples}
         for key, n in found.items():
             if n != getattr(d, key):

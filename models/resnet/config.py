@@ -17,7 +17,7 @@ class DataConfig:
     image_size: int = 224
     eval_resize: int = 256  # short side before the centre crop
     num_workers: int = 8  # torch loader processes, or DALI threads, per rank
-    index_dir: str = ""  # where record-offset indexes are cached; empty: <data_dir>/index or a temp dir
+    index_dir: str = ""  # where record-offset indexes are cached; empty: ~/.cache/mlperf-stack/index
     # Sizes of the split, known before the clock starts (the rules forbid touching data before run_start);
     # checked against what the data directory really holds once it is opened.
     train_samples: int = IMAGENET_TRAIN_SAMPLES

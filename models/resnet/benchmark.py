@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mlperf_logging.mllog import constants
 
 from models.resnet.config import ResNetConfig
-from models.resnet.lars import LARS, poly_warmup_lr
+from models.resnet.lars import LARS, poly_decay_steps, poly_warmup_lr
 from models.resnet.model import build_resnet, lars_param_groups
 from models.resnet.parallelize import parallelize, unwrap
 from runtime.benchmark import Benchmark, Block, RunContext
@@ -78,7 +78,7 @@ class ResNetBenchmark(Benchmark):
         log.event(constants.LARS_OPT_BASE_LEARNING_RATE, o.base_lr)
         log.event(constants.LARS_OPT_END_LR, o.end_lr)
         log.event(constants.LARS_OPT_LR_DECAY_POLY_POWER, o.poly_power)
-        log.event(constants.LARS_OPT_LR_DECAY_STEPS, self.total_steps - self.warmup_steps)
+        log.event(constants.LARS_OPT_LR_DECAY_STEPS, poly_decay_steps(self.warmup_steps, self.total_steps))
         log.event(constants.LARS_EPSILON, o.epsilon)
         log.event(constants.LARS_OPT_LEARNING_RATE_WARMUP_EPOCHS, o.warmup_epochs)
         log.event(constants.LARS_OPT_MOMENTUM, o.momentum)

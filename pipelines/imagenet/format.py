@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from pipelines.imagenet.tfrecord import (ExampleError, Feature, bytes_feature, decode_example,
+from pipelines.tfrecord import (ExampleError, Feature, bytes_feature, decode_example,
                                          encode_example, float_feature, int64_feature,
                                          read_index, read_record_at, scan_records, write_index)
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.imagenet.format import NUM_CLASSES, encode_image_example, shard_name
-from pipelines.imagenet.tfrecord import TFRecordWriter
+from pipelines.tfrecord import TFRecordWriter
 
 _SPLIT_CODES = {"train": 0, "validation": 1}  # part of each image's seed, so splits never repeat
 JPEG_QUALITY = 90

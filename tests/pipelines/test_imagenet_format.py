@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from pipelines.imagenet import format as fmt
-from pipelines.imagenet import synthetic, tfrecord
+from pipelines import tfrecord
+from pipelines.imagenet import synthetic
 from pipelines.imagenet.loader import sample_distorted_bounding_box
 from pipelines.imagenet.prepare import build_tfrecords, verify_dataset
 

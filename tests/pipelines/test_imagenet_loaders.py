@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pipelines.imagenet import format as fmt
-from pipelines.imagenet import tfrecord
+from pipelines import tfrecord
 from pipelines.imagenet.loader import build_eval_loader, build_train_loader
 from pipelines.imagenet.synthetic import write_synthetic_imagenet
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.imagenet.format import NUM_CLASSES, SPLIT_SHARDS, encode_image_example, shard_name
-from pipelines.imagenet.tfrecord import TFRecordWriter, bytes_feature, int64_feature
+from pipelines.tfrecord import TFRecordWriter, bytes_feature, int64_feature
 
 # (path, stored label 1..1000, synset)
 Item = tuple[str, int, str]

@@ -19,7 +19,7 @@ from collections import Counter
 
 from pipelines.imagenet.format import (SPLIT_RECORDS, SPLIT_SHARDS, NUM_CLASSES, ImageNetFormatError,
                                        decode_image_example, find_shards)
-from pipelines.imagenet.tfrecord import TFRecordError, iter_records
+from pipelines.tfrecord import TFRecordError, iter_records
 
 _JPEG_SOI = b"\xff\xd8"
 

@@ -1,0 +1,267 @@
+"""FP8 training layers: Transformer Engine where it runs, the same parameter names everywhere else.
+
+    linear = make_linear(1024, 4096, backend="auto")            # te.Linear on Hopper + TE, else nn.Linear
+    ln_linear = make_layernorm_linear(1024, 3072, eps=1e-12)    # te.LayerNormLinear, else LayerNormLinear
+    with fp8_autocast(enabled=True, recipe=recipe_for("bert")):
+        y = ln_linear(x)
+
+Backends: "te" (te.Linear / te.LayerNormLinear under te.fp8_autocast with a DelayedScaling recipe),
+"torch" (bf16/fp32 torch layers with TE's parameter names, so state dicts interchange), "torch_fp8"
+(`FP8Linear`: torch._scaled_mm with e4m3 forward / e5m2 gradients and delayed scaling, for a Hopper
+GPU without TE). "auto" picks te when transformer_engine imports and the GPU is sm_90 or newer, else torch.
+
+Delayed scaling, as TE's DelayedScaling recipe: every quantized tensor role (input, weight, output
+gradient) keeps an amax history of `amax_history_len` steps; a tensor is cast with the scale computed
+from the history *before* its own amax is recorded, scale = fp8_max / amax / 2**margin with amax the
+history's max ("max") or its latest entry ("most_recent"); a zero or non-finite amax keeps the old scale.
+The recipes NVIDIA's MLPerf v4.0 configs use are in RECIPES (spec: bert.md, gpt3.md, llama2_70b_lora.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+ROLES = ("input", "weight", "grad_output")
+
+
+@dataclass(frozen=True)
+class Fp8Recipe:
+    amax_history_len: int = 1024
+    amax_compute_algo: str = "max"  # or "most_recent"
+    margin: int = 0
+    fp8_format: str = "HYBRID"  # E4M3 forward, E5M2 backward
+
+    def to_te(self):
+        from transformer_engine.common.recipe import DelayedScaling, Format
+
+        return DelayedScaling(margin=self.margin, fp8_format=getattr(Format, self.fp8_format),
+                              amax_history_len=self.amax_history_len, amax_compute_algo=self.amax_compute_algo)
+
+
+RECIPES = {
+    "bert": Fp8Recipe(amax_history_len=1, amax_compute_algo="max"),
+    "gpt3": Fp8Recipe(amax_history_len=1024, amax_compute_algo="max"),
+    "llama2_70b_lora_h100": Fp8Recipe(amax_history_len=32, amax_compute_algo="max"),
+    "llama2_70b_lora_h200": Fp8Recipe(amax_history_len=4, amax_compute_algo="most_recent"),
+}
+
+
+def recipe_for(config: str) -> Fp8Recipe:
+    return RECIPES[config]
+
+
+@functools.cache
+def te_available() -> bool:
+    """transformer_engine imports and the current GPU is Hopper (sm_90) or newer."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0):
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # ImportError, or a broken build failing at load (no cuDNN, ABI mismatch)
+        return False
+    return True
+
+
+def _backend(backend: str) -> str:
+    if backend not in ("auto", "te", "torch", "torch_fp8"):
+        raise ValueError(f"backend={backend!r}")
+    if backend == "auto":
+        return "te" if te_available() else "torch"
+    if backend == "te" and not te_available():
+        raise RuntimeError("backend='te' needs transformer_engine and a Hopper GPU")
+    return backend
+
+
+def fp8_autocast(enabled: bool = True, recipe: Fp8Recipe | None = None):
+    """te.fp8_autocast when TE is usable, else a no-op (torch_fp8 layers are always FP8)."""
+    if te_available():
+        import transformer_engine.pytorch as te
+
+        return te.fp8_autocast(enabled=enabled, fp8_recipe=(recipe or Fp8Recipe()).to_te())
+    return contextlib.nullcontext()
+
+
+# --- scaling bookkeeping ----------------------------------------------------------------------------
+def fp8_max(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).max
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x * scale cast to fp8, saturating at the format's largest value (no inf in e4m3fn)."""
+    limit = fp8_max(dtype)
+    return (x.float() * scale).clamp(-limit, limit).to(dtype)
+
+
+def dequantize(x_fp8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (x_fp8.float() / scale).to(dtype)
+
+
+def compute_scale(amax_history: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, margin: int = 0,
+                  algo: str = "max") -> torch.Tensor:
+    """New scales from histories (L, ...) and the current scales (...), without leaving the device."""
+    amax = amax_history.max(0).values if algo == "max" else amax_history[0]
+    new = fp8_max(dtype) / amax / (2.0 ** margin)
+    return torch.where((amax > 0) & torch.isfinite(amax), new, scale)
+
+
+def record_amax(amax_history: torch.Tensor, column: int, x: torch.Tensor) -> None:
+    """Write this step's amax of x into the newest slot (row 0) of one role's history."""
+    amax_history[0, column] = x.detach().abs().max().float()
+
+
+def roll_history(amax_history: torch.Tensor) -> torch.Tensor:
+    """Make room for the next step: the newest slot moves to the end and row 0 is cleared (TE's order)."""
+    rolled = torch.roll(amax_history, -1, 0)
+    rolled[0] = 0.0
+    return rolled
+
+
+# --- torch-native FP8 linear -------------------------------------------------------------------------
+class _Fp8LinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, history, scale):
+        record_amax(history, 0, x2)
+        record_amax(history, 1, weight)
+        x_fp8, w_fp8 = quantize(x2, scale[0], E4M3), quantize(weight, scale[1], E4M3)
+        inv = scale.reciprocal()
+        # _scaled_mm wants the second operand column-major: w_fp8 (N, K) row-major, transposed, is that
+        y = torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=inv[0], scale_b=inv[1], out_dtype=_out_dtype(x2))
+        ctx.save_for_backward(x_fp8, w_fp8, history, scale)
+        ctx.weight_dtype = weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_fp8, w_fp8, history, scale = ctx.saved_tensors
+        dy = dy.contiguous()
+        record_amax(history, 2, dy)
+        dy_fp8 = quantize(dy, scale[2], E5M2)
+        inv = scale.reciprocal()
+        out = dy.dtype if dy.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        # dgrad (M, K) = dy (M, N) @ w (N, K); wgrad (N, K) = dy^T (N, M) @ x (M, K)
+        dx = torch._scaled_mm(dy_fp8, w_fp8.t().contiguous().t(), scale_a=inv[2], scale_b=inv[1], out_dtype=out)
+        dw = torch._scaled_mm(dy_fp8.t().contiguous(), x_fp8.t().contiguous().t(), scale_a=inv[2],
+                              scale_b=inv[0], out_dtype=out)
+        return dx, dw.to(ctx.weight_dtype), None, None
+
+
+def _out_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, amax_history: torch.Tensor,
+               scale: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T + bias through torch._scaled_mm with the given (3,) scales and (L, 3) histories."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = _Fp8LinearFunction.apply(x2, weight, amax_history, scale)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+class _Fp8Scaling(nn.Module):
+    """Delayed-scaling state of one FP8 GEMM: buffers `amax_history` (L, 3) and `scale` (3,) for
+    input / weight / grad_output."""
+
+    def _init_scaling(self, recipe: Fp8Recipe | None, device) -> None:
+        self.recipe = recipe or Fp8Recipe()
+        self.register_buffer("amax_history", torch.zeros(self.recipe.amax_history_len, 3, device=device))
+        self.register_buffer("scale", torch.ones(3, device=device))
+
+    @torch.no_grad()
+    def update_scales(self) -> None:
+        """Scales for the next step from the histories, then roll them (delayed scaling). Call once per
+        optimizer step, after the backward."""
+        algo, margin = self.recipe.amax_compute_algo, self.recipe.margin
+        fwd = compute_scale(self.amax_history[:, :2], self.scale[:2], E4M3, margin, algo)
+        bwd = compute_scale(self.amax_history[:, 2:], self.scale[2:], E5M2, margin, algo)
+        self.scale.copy_(torch.cat([fwd, bwd]))
+        self.amax_history.copy_(roll_history(self.amax_history))
+
+
+class FP8Linear(_Fp8Scaling):
+    """nn.Linear computed with torch._scaled_mm: e4m3 inputs and weights, e5m2 output gradients, delayed
+    scaling. in_features and out_features must be multiples of 16 (a _scaled_mm constraint); the output
+    is bf16 (or the input's fp16/bf16)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, recipe: Fp8Recipe | None = None,
+                 device=None, dtype=None):
+        super().__init__()
+        if in_features % 16 or out_features % 16:
+            raise ValueError("FP8Linear needs in_features and out_features divisible by 16")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self._init_scaling(recipe, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(x, self.weight, self.bias, self.amax_history, self.scale)
+
+
+# --- fallbacks with TE's parameter names ------------------------------------------------------------
+class LayerNormLinear(_Fp8Scaling):
+    """te.LayerNormLinear without TE: parameters `layer_norm_weight`, `layer_norm_bias` (LayerNorm only),
+    `weight`, `bias`; the norm by this package's fused kernels, then a torch projection, or with
+    `fp8=True` an FP8 one (plus FP8Linear's scaling buffers)."""
+
+    def __init__(self, in_features: int, out_features: int, eps: float = 1e-5, bias: bool = True,
+                 normalization: str = "LayerNorm", fp8: bool = False, recipe: Fp8Recipe | None = None,
+                 device=None, dtype=None):
+        super().__init__()
+        if normalization not in ("LayerNorm", "RMSNorm"):
+            raise ValueError(f"normalization={normalization!r}")
+        self.eps, self.normalization, self.fp8 = eps, normalization, fp8
+        factory = {"device": device, "dtype": dtype}
+        self.layer_norm_weight = nn.Parameter(torch.ones(in_features, **factory))
+        self.layer_norm_bias = (nn.Parameter(torch.zeros(in_features, **factory))
+                                if normalization == "LayerNorm" else None)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
+        nn.init.normal_(self.weight, std=0.023)  # TE's default init_method
+        if fp8:
+            self._init_scaling(recipe, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from kernels.layer_norm import layer_norm
+        from kernels.rms_norm import rms_norm
+
+        if self.normalization == "LayerNorm":
+            h = layer_norm(x, self.layer_norm_weight, self.layer_norm_bias, self.eps)
+        else:
+            h = rms_norm(x, self.layer_norm_weight, self.eps)
+        if self.fp8:
+            return fp8_linear(h, self.weight, self.bias, self.amax_history, self.scale)
+        return F.linear(h, self.weight, self.bias)
+
+
+def make_linear(in_features: int, out_features: int, bias: bool = True, backend: str = "auto", **kwargs) -> nn.Module:
+    """te.Linear, nn.Linear or FP8Linear: all three name their parameters `weight` and `bias`."""
+    chosen = _backend(backend)
+    if chosen == "te":
+        import transformer_engine.pytorch as te
+
+        return te.Linear(in_features, out_features, bias=bias, **kwargs)
+    if chosen == "torch_fp8":
+        return FP8Linear(in_features, out_features, bias, **kwargs)
+    return nn.Linear(in_features, out_features, bias=bias, **kwargs)
+
+
+def make_layernorm_linear(in_features: int, out_features: int, eps: float = 1e-5, bias: bool = True,
+                          normalization: str = "LayerNorm", backend: str = "auto", **kwargs) -> nn.Module:
+    chosen = _backend(backend)
+    if chosen == "te":
+        import transformer_engine.pytorch as te
+
+        return te.LayerNormLinear(in_features, out_features, eps=eps, bias=bias, normalization=normalization,
+                                  **kwargs)
+    return LayerNormLinear(in_features, out_features, eps, bias, normalization, fp8=chosen == "torch_fp8",
+                           **kwargs)

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU check of kernels/, in one call of at most ~8 minutes: the kernel tests on CUDA (GPU-only tests
+# included, Triton path forced), then every kernel benchmark; the benchmark table is printed last.
+#
+#   usage: perf_tests/gpu_check.sh [--dry-run]
+#     --dry-run   no GPU needed: check the test collection and run the benchmarks' CPU smoke mode
+#   environment:
+#     PYTHON          interpreter with torch + triton + pytest (default: python3); runs offline
+#     OUT             directory for logs and the table (default: perf_tests/kernels/results/gpu_check_<date>)
+#     TEST_TIMEOUT_S  limit for the test run (default 240)
+#     BENCH_BUDGET_S  the benchmarks start no new case after this (default 200); hard limit +60 s
+#
+# Exit status: 0 when the tests passed and every benchmark case ran, 1 otherwise, 2 without a GPU.
+# Not `set -e`: a failing test run must still leave the benchmarks to run and the table to be printed.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PYTHON="${PYTHON:-python3}"
+OUT="${OUT:-perf_tests/kernels/results/gpu_check_$(date +%Y%m%d_%H%M%S)}"
+TEST_TIMEOUT_S="${TEST_TIMEOUT_S:-240}"
+BENCH_BUDGET_S="${BENCH_BUDGET_S:-200}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+
+if [[ "${1:-}" == "--dry-run" ]]; then
+    echo "dry run: tests would run as"
+    echo "  MLPERF_KERNELS=triton timeout ${TEST_TIMEOUT_S} $PYTHON -m pytest tests/kernels -m 'gpu or not gpu' -q"
+    echo "collecting them (CPU):"
+    "$PYTHON" -m pytest tests/kernels -m "gpu or not gpu" --collect-only -q -p no:cacheprovider | tail -n 1
+    echo "benchmark smoke run (CPU, Triton interpreter, tiny shapes):"
+    timeout 300 "$PYTHON" perf_tests/kernels/bench_kernels.py --smoke --out "$OUT/kernels_smoke.md" \
+        > "$OUT/bench.log" 2>&1
+    rc=$?
+    cat "$OUT/kernels_smoke.md" 2>/dev/null || tail -n 20 "$OUT/bench.log"
+    exit $rc
+fi
+
+if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: torch sees no CUDA device (use --dry-run on a CPU machine)" >&2
+    exit 2
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv > "$OUT/gpu.txt" 2>&1 || true
+"$PYTHON" - > "$OUT/versions.txt" 2>&1 <<'PY'
+import platform, torch, triton
+print(f"python {platform.python_version()} torch {torch.__version__} triton {triton.__version__}")
+print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+PY
+
+echo "== kernel tests on CUDA (limit ${TEST_TIMEOUT_S} s) =="
+unset TRITON_INTERPRET
+MLPERF_KERNELS=triton timeout "$TEST_TIMEOUT_S" "$PYTHON" -m pytest tests/kernels -m "gpu or not gpu" -q \
+    -p no:cacheprovider > "$OUT/tests.log" 2>&1
+tests_rc=$?
+grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -n 30
+[[ $tests_rc -eq 124 ]] && echo "tests: TIMED OUT after ${TEST_TIMEOUT_S} s"
+
+echo "== kernel benchmarks (budget ${BENCH_BUDGET_S} s) =="
+timeout $((BENCH_BUDGET_S + 60)) "$PYTHON" perf_tests/kernels/bench_kernels.py --budget-s "$BENCH_BUDGET_S" \
+    --out "$OUT/kernels.md" > "$OUT/bench.log" 2>&1
+bench_rc=$?
+[[ $bench_rc -eq 124 ]] && echo "benchmarks: TIMED OUT (see $OUT/bench.log)"
+
+echo
+cat "$OUT/versions.txt"
+echo "tests: $(tail -n 1 "$OUT/tests.log") (exit $tests_rc; log $OUT/tests.log)"
+echo "benchmarks: exit $bench_rc (log $OUT/bench.log)"
+echo
+if [[ -s "$OUT/kernels.md" ]]; then
+    cat "$OUT/kernels.md"
+else
+    echo "no benchmark table; last lines of $OUT/bench.log:"
+    tail -n 30 "$OUT/bench.log"
+fi
+[[ $tests_rc -eq 0 && $bench_rc -eq 0 ]]

@@ -1,0 +1,203 @@
+"""The benchmark cases of bench_kernels.py: MLPerf-sized shapes for every kernel in kernels/.
+
+Each case gives three callables running the same work: ours (the Triton path), the torch reference in
+eager mode, and the reference to be wrapped in torch.compile (None where compiling it means nothing);
+and the work one call does, as ideal bytes moved (memory-bound kernels: every input read once, every
+output written once) or as FLOPs (GEMMs). Shapes, one sequence unless stated (tokens x features):
+BERT 512 x 1024 (and a 48-sequence per-GPU batch, NVIDIA's 8-GPU setting), GPT-3 2048 x 12288,
+Llama 8192 x 8192; vocabularies 30522 (BERT), 51200 (GPT-3, padded), 32000 (Llama).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Case:
+    op: str
+    shape: str
+    mode: str  # "fwd", "fwd+bwd" or "step"
+    unit: str  # "bytes" or "flops"
+    work: float
+    ours: Callable[[], object]
+    eager: Callable[[], object]
+    compile_target: Callable | None = None  # a function of the same inputs, compiled by the runner
+    compile_args: tuple = ()
+
+
+def _fwd_bwd(fn, inputs, *extra):
+    """A closure running fn forward and its backward for a fixed random upstream gradient."""
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    upstream = []
+
+    def run():
+        out = fn(*inputs, *extra)
+        outs = out if isinstance(out, tuple) else (out,)
+        if not upstream:
+            upstream.extend(torch.randn_like(o) for o in outs)
+        return torch.autograd.grad(outs, leaves, upstream)
+
+    return run
+
+
+def _rand(*shape, device, dtype=torch.bfloat16, grad=True):
+    return torch.randn(*shape, device=device, dtype=dtype).requires_grad_(grad)
+
+
+def norm_cases(device, smoke):
+    from kernels.layer_norm import layer_norm, layer_norm_ref
+    from kernels.rms_norm import rms_norm, rms_norm_ref
+
+    shapes = {"bert 512x1024": (512, 1024), "bert 48x512x1024": (24576, 1024), "gpt3 2048x12288": (2048, 12288),
+              "llama 8192x8192": (8192, 8192)}
+    if smoke:
+        shapes = {"smoke 64x96": (64, 96)}
+    cases = []
+    for name, (m, n) in shapes.items():
+        x, r = _rand(m, n, device=device), _rand(m, n, device=device)
+        w, b = _rand(n, device=device, dtype=torch.float32), _rand(n, device=device, dtype=torch.float32)
+        e = x.element_size()
+        if "llama" in name:
+            cases.append(Case("rms_norm", name, "fwd+bwd", "bytes", 5 * m * n * e,
+                              _fwd_bwd(rms_norm, (x, w, 1e-5)), _fwd_bwd(rms_norm_ref, (x, w, 1e-5)),
+                              rms_norm_ref, (x, w, 1e-5)))
+            continue
+        cases.append(Case("layer_norm", name, "fwd", "bytes", 2 * m * n * e,
+                          lambda x=x, w=w, b=b: layer_norm(x.detach(), w.detach(), b.detach()),
+                          lambda x=x, w=w, b=b: layer_norm_ref(x.detach(), w.detach(), b.detach()),
+                          layer_norm_ref, (x.detach(), w.detach(), b.detach())))
+        # pre-LN block: x + residual -> (y, sum); backward reads dy, dsum, sum; writes dx
+        cases.append(Case("layer_norm+residual", name, "fwd+bwd", "bytes", (4 + 4) * m * n * e,
+                          _fwd_bwd(lambda *a: layer_norm(*a[:4], residual=a[4]), (x, w, b, 1e-5, r)),
+                          _fwd_bwd(lambda *a: layer_norm_ref(*a[:4], residual=a[4]), (x, w, b, 1e-5, r)),
+                          lambda *a: layer_norm_ref(*a[:4], residual=a[4]), (x, w, b, 1e-5, r)))
+    return cases
+
+
+def elementwise_cases(device, smoke):
+    from kernels.bias_dropout_add import bias_dropout_add, bias_dropout_add_ref
+    from kernels.bias_gelu import bias_gelu, bias_gelu_ref
+
+    gelu_shapes = {"bert ffn 48x512x4096": (24576, 4096), "gpt3 ffn 2048x49152": (2048, 49152)}
+    bda_shapes = {"bert 48x512x1024": (24576, 1024), "gpt3 2048x12288": (2048, 12288)}
+    if smoke:
+        gelu_shapes, bda_shapes = {"smoke 64x96": (64, 96)}, {"smoke 64x96": (64, 96)}
+    cases = []
+    for name, (m, n) in gelu_shapes.items():
+        x, b = _rand(m, n, device=device), _rand(n, device=device)
+        for approximate in ("tanh", "none"):
+            args = (x, b, approximate)
+            cases.append(Case(f"bias_gelu {approximate}", name, "fwd+bwd", "bytes", 5 * m * n * x.element_size(),
+                              _fwd_bwd(bias_gelu, args), _fwd_bwd(bias_gelu_ref, args), bias_gelu_ref, args))
+    for name, (m, n) in bda_shapes.items():
+        x, r, b = _rand(m, n, device=device), _rand(m, n, device=device), _rand(n, device=device)
+        ours = (x, b, r, 0.1, True, 1234, 0)
+        ref = (x, b, r, 0.1, 1234, 0)  # the reference regenerates the same Philox mask in torch
+        cases.append(Case("bias_dropout_add p=0.1", name, "fwd+bwd", "bytes", 5 * m * n * x.element_size(),
+                          _fwd_bwd(bias_dropout_add, ours), _fwd_bwd(bias_dropout_add_ref, ref),
+                          bias_dropout_add_ref, ref))
+    return cases
+
+
+def cross_entropy_cases(device, smoke):
+    from kernels.cross_entropy import cross_entropy, cross_entropy_ref
+
+    shapes = {"bert mlm 48x76 x 30522": (3648, 30522), "gpt3 2048 x 51200": (2048, 51200),
+              "llama 8192 x 32000": (8192, 32000)}
+    if smoke:
+        shapes = {"smoke 16 x 1000": (16, 1000)}
+    cases = []
+    for name, (m, v) in shapes.items():
+        logits = _rand(m, v, device=device)
+        target = torch.randint(0, v, (m,), device=device)
+        args = (logits, target, -100, 0.1)
+        # ideal traffic: logits read once, gradient written once (the kernel reads them twice)
+        cases.append(Case("cross_entropy ls=0.1", name, "fwd+bwd", "bytes", 2 * m * v * logits.element_size(),
+                          _fwd_bwd(cross_entropy, args), _fwd_bwd(cross_entropy_ref, args),
+                          cross_entropy_ref, args))
+    return cases
+
+
+def _bert_large_shapes():
+    h, f, layers = 1024, 4096, 24
+    shapes = [(30522, h), (512, h), (2, h), (h,), (h,)]
+    for _ in range(layers):
+        shapes += [(h, h), (h,)] * 4 + [(h,), (h,), (f, h), (f,), (h, f), (h,), (h,), (h,)]
+    return shapes + [(h, h), (h,), (h,), (h,), (30522,)]
+
+
+def _resnet50_shapes():
+    try:
+        from models.resnet.model import ResNetModelConfig, build_resnet
+
+        return [p.shape for p in build_resnet(ResNetModelConfig()).parameters()]
+    except Exception:  # the model module's config changed: a stand-in with ResNet-50's 25.6M parameters
+        return [(64, 3, 7, 7)] + [(256, 256, 3, 3)] * 43 + [(256,)] * 100 + [(1000, 2048), (1000,)]
+
+
+def _gpt3_shard_shapes(layers=4, h=12288, tp=8):
+    per_layer = [(3 * h // tp, h), (3 * h // tp,), (h, h // tp), (h,), (4 * h // tp, h), (4 * h // tp,),
+                 (h, 4 * h // tp), (h,), (h,), (h,), (h,), (h,)]
+    return per_layer * layers
+
+
+def _dlrm_dense_shapes():
+    d = 26 * 128 + 128  # concatenated embeddings and bottom-MLP output
+    bottom = [(512, 13), (512,), (256, 512), (256,), (128, 256), (128,)]
+    cross = [(512, d), (d, 512), (d,)] * 3  # DCN-v2: 3 low-rank (512) cross layers
+    top = [(1024, d), (1024,), (1024, 1024), (1024,), (512, 1024), (512,), (256, 512), (256,), (1, 256), (1,)]
+    return bottom + cross + top
+
+
+def optimizer_cases(device, smoke):
+    from kernels.lamb_ref import LambReference
+    from kernels.optimizers import FusedAdagrad, FusedAdamW, FusedLAMB, FusedLARS
+    from models.resnet.lars import LARS
+
+    sets = {"lars": ("resnet50", _resnet50_shapes()), "lamb": ("bert-large", _bert_large_shapes()),
+            "adamw": ("gpt3 TP8 4-layer shard", _gpt3_shard_shapes()), "adagrad": ("dlrm dense", _dlrm_dense_shapes())}
+    if smoke:
+        sets = {k: (f"smoke {k}", [(33, 17), (17,), (1100,)]) for k in sets}
+    builders = {
+        "lars": (28, lambda ps: FusedLARS([{"params": ps}], lr=0.1), lambda ps: LARS([{"params": ps}], lr=0.1)),
+        "lamb": (48, lambda ps: FusedLAMB(ps, lr=1e-3), lambda ps: LambReference(ps, lr=1e-3)),
+        "adamw": (28, lambda ps: FusedAdamW(ps, lr=1e-4, weight_decay=0.1),
+                  lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.1, foreach=True)),
+        "adagrad": (20, lambda ps: FusedAdagrad(ps, lr=0.01, eps=1e-8),
+                    lambda ps: torch.optim.Adagrad(ps, lr=0.01, eps=1e-8, foreach=True)),
+    }
+    cases = []
+    for key, (name, shapes) in sets.items():
+        bytes_per_param, fused, reference = builders[key]
+        steps = []
+        for make in (fused, reference):
+            params = [torch.nn.Parameter(torch.randn(s, device=device) * 0.01) for s in shapes]
+            optimizer = make(params)
+            for p in params:
+                p.grad = torch.randn_like(p) * 1e-3
+            optimizer.step()  # the fused one moves the gradients into its flat buffer here
+            steps.append(optimizer.step)
+        n = sum(torch.Size(s).numel() for s in shapes)
+        cases.append(Case(f"{key} step", f"{name} ({n / 1e6:.1f}M params)", "step", "bytes", bytes_per_param * n,
+                          steps[0], steps[1], None))
+    return cases
+
+
+def fp8_cases(device, smoke):
+    from kernels.fp8 import FP8Linear
+
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9) or smoke:
+        return []
+    m, k, n = 8192, 12288, 12288  # 4 GPT-3 sequences through one d_model x d_model projection
+    fp8 = FP8Linear(k, n, bias=False).to(device)
+    bf16 = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
+    x = _rand(m, k, device=device)
+    return [Case("fp8 linear (_scaled_mm)", f"{m}x{k} @ {k}x{n}", "fwd+bwd", "flops", 6 * m * k * n,
+                 _fwd_bwd(fp8, (x,)), _fwd_bwd(bf16, (x,)), None)]
+
+
+ALL = (norm_cases, elementwise_cases, cross_entropy_cases, optimizer_cases, fp8_cases)

@@ -72,7 +72,9 @@ def detect_launch(env: dict | None = None) -> LaunchEnv:
                          _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
                          _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else _int(env, "WORLD_SIZE"),
                          addr or "127.0.0.1", port, agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and _int(env, "SLURM_NTASKS") > 1:
+    # Only an srun step's tasks are ranks: the batch script itself (no SLURM_STEP_ID) is one process even
+    # in a many-task allocation, and must not wait for peers that will never come.
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env and _int(env, "SLURM_NTASKS") > 1:
         local_world = _int(env, "SLURM_NTASKS_PER_NODE") if env.get("SLURM_NTASKS_PER_NODE", "").isdigit() \
             else _int(env, "SLURM_NTASKS") // max(1, _int(env, "SLURM_NNODES") if "SLURM_NNODES" in env else 1)
         return LaunchEnv("slurm", _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"),

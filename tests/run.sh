@@ -9,5 +9,9 @@ if [[ -x tests/infra/start_slurm.sh ]]; then
     # The sbatch test needs slurmctld + slurmd on localhost; without root it is skipped (and fails in CI).
     tests/infra/start_slurm.sh || echo "warning: local Slurm did not start; the sbatch test will report it"
 fi
+if [[ $EUID -eq 0 ]] && ! command -v ompi_info >/dev/null; then
+    # Open MPI beside the venv's MPICH, so the mpirun test covers both MPI families.
+    apt-get install -y -qq openmpi-bin >/dev/null || echo "warning: openmpi-bin did not install"
+fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 exec python -m pytest "$@"

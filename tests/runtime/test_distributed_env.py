@@ -17,15 +17,18 @@ def test_torchrun_variables():
 
 
 def test_slurm_variables_one_task_per_gpu():
-    env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NNODES": "2",
+    env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NNODES": "2", "SLURM_STEP_ID": "0",
            "SLURM_NTASKS_PER_NODE": "8", "SLURM_JOB_NODELIST": "gpu[003-004]"}
     e = detect_launch(env)
     assert (e.launcher, e.rank, e.world_size, e.local_rank, e.local_world_size) == ("slurm", 9, 16, 1, 8)
     assert e.master_addr == "gpu003" and e.master_port == 29500
 
 
-def test_single_task_slurm_is_a_single_process():
-    e = detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"})
+def test_single_task_slurm_and_the_batch_script_are_single_processes():
+    e = detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "SLURM_STEP_ID": "0"})
+    assert (e.launcher, e.world_size) == ("single", 1)
+    # python run by the batch script of an 8-task allocation: not a rank of an srun step
+    e = detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0", "SLURM_JOB_ID": "5"})
     assert (e.launcher, e.world_size) == ("single", 1)
 
 

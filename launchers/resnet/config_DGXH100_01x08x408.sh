@@ -1,0 +1,24 @@
+# ResNet-50 on one DGX H100: 8 GPUs x 408 images = GBS 3264, an RCP point (35.15 epochs at lr 10.5).
+#   source launchers/resnet/config_DGXH100_01x08x408.sh
+#   CONT=<image> DATADIR=/lustre/imagenet LOGDIR=$PWD/results sbatch -N $DGXNNODES -t $WALLTIME launchers/resnet.sub
+# Every value is a default: set it in the environment before sourcing to change it.
+
+## DL params: the typed recipe (models/resnet/config.py), never a flag string
+export BENCHMARK=${BENCHMARK:-resnet}
+export FLAVOUR=${FLAVOUR:-dgxh100_1x8}
+export EXTRA_ARGS=${EXTRA_ARGS:-}          # dotted overrides for experiments, e.g. "train.compile=false"
+
+## System run params
+export DGXNNODES=${DGXNNODES:-1}
+DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
+export DGXSYSTEM=${DGXSYSTEM#config_}
+# Minutes per run: 13.3 timed (NVIDIA v4.0, 8xH100) + up to 10 of untimed init (compile, warm-up) + slack.
+export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-30}
+# Margin: container import on the node, per-run cache drop and compliance check.
+export WALLTIME=$(( ${NEXP:-1} * WALLTIME_RUNANDTIME + 10 ))
+
+## System config params
+export DGXNGPU=${DGXNGPU:-8}
+export DGXSOCKETCORES=${DGXSOCKETCORES:-56}
+export DGXNSOCKET=${DGXNSOCKET:-2}
+export DGXHT=${DGXHT:-2}                     # hyperthreads per core

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# One timed training run, NVIDIA MLPerf style: environment variables in, training command out.
+#
+# Runs once per rank when Slurm (srun, one task per GPU) or MPI started it, and once per node otherwise, in
+# which case it starts the node's ranks with torchrun. Works inside the container (run.sub with CONT) and
+# on a host with the repository's venv on PATH.
+#
+#   BENCHMARK, FLAVOUR   what to train: python -m runtime.train $BENCHMARK --flavour $FLAVOUR
+#   DATADIR, LOGDIR      dataset; where logs, nsys reports and the run directory go (default ./results)
+#   RUNDIR               the run directory (default $LOGDIR/<benchmark>_<jobid>)
+#   SEED                 passed as --seed when set; otherwise the entry point draws a fresh one
+#   EXTRA_ARGS           dotted overrides, e.g. "optim.base_lr=4 train.max_epochs=20"; "$@" is appended too
+#   DGXNGPU              processes per node for torchrun (default: the node's GPU count, or 1 without GPUs)
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, RDZV_ID   multi-node torchrun (c10d rendezvous; node 0 hosts it)
+#   LAUNCH_MODE          torchrun | direct, to override the automatic choice
+#   NVTX_FLAG=1          wrap in nsys (capture range from cudaProfilerStart/Stop, steps PROFILE_START_STEP..STOP)
+#   ENABLE_IB_BINDING=1  bindpcie also pins the nearest InfiniBand HCA (multi-node)
+#   DRYRUN=1             print the command instead of running it
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+: "${BENCHMARK:?set BENCHMARK (resnet, ssd, unet3d, stable_diffusion, bert, gpt3, llama2_70b_lora, dlrm_dcnv2, gnn)}"
+: "${FLAVOUR:?set FLAVOUR (debug, dgxh100_1x8, ...); the config files under launchers/<benchmark>/ set it}"
+: "${DATADIR:?set DATADIR to the dataset directory}"
+# Relative paths mean relative to where the caller stood, not to the repository we change into below.
+absolute() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
+DATADIR="$(absolute "$DATADIR")"
+LOGDIR="$(absolute "${LOGDIR:-$REPO/results}")"
+JOBID="${SLURM_JOB_ID:-${RDZV_ID:-local}}"
+RUNDIR="$(absolute "${RUNDIR:-$LOGDIR/${BENCHMARK}_${JOBID}}")"
+PYTHON="${PYTHON:-python}"
+cd "$REPO"   # `python -m runtime.train` resolves the package from here, in or out of the container
+
+# A GPU rank needs no intra-op CPU threads, and N ranks x all-cores threads oversubscribe the node
+# (slurm2pytorch sets the same; torchrun does too, but only for more than one process per node).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+
+# --- one rank per process, or torchrun per node? ------------------------------------------------------
+# srun with one task per GPU (more tasks than nodes) and mpirun already started every rank: run the
+# entry point directly, it reads SLURM_* / OMPI_* / PMI_* itself. Anything else is one process per node.
+# SLURM_STEP_ID tells an srun task from the batch script, which sees the job's SLURM_NTASKS but is one process.
+if [[ -z "${LAUNCH_MODE:-}" ]]; then
+    if [[ -n "${SLURM_STEP_ID:-}" && "${SLURM_NTASKS:-1}" -gt "${SLURM_NNODES:-1}" ]]; then
+        LAUNCH_MODE=direct
+    elif [[ -n "${OMPI_COMM_WORLD_SIZE:-}" || -n "${PMI_SIZE:-}" ]]; then
+        LAUNCH_MODE=direct
+    else
+        LAUNCH_MODE=torchrun
+    fi
+fi
+
+entry=(-m runtime.train "$BENCHMARK" --flavour "$FLAVOUR" --data-dir "$DATADIR" --run-dir "$RUNDIR")
+[[ -n "${SEED:-}" ]] && entry+=(--seed "$SEED")
+if [[ "${NVTX_FLAG:-0}" == 1 ]]; then
+    # The entry point calls cudaProfilerStart/Stop around these steps; nsys records only that range.
+    entry+=("run.profile_start_step=${PROFILE_START_STEP:-10}" "run.profile_stop_step=${PROFILE_STOP_STEP:-20}")
+fi
+read -ra extra_args <<< "${EXTRA_ARGS:-}"
+entry+=("${extra_args[@]}" "$@")
+
+case "$LAUNCH_MODE" in
+    direct)
+        rank="${SLURM_PROCID:-${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}}}"
+        launch=("$PYTHON" -u)
+        ;;
+    torchrun)
+        nnodes="${NNODES:-${SLURM_NNODES:-1}}"
+        node_rank="${NODE_RANK:-${SLURM_NODEID:-0}}"
+        rank="$node_rank"
+        if [[ -z "${DGXNGPU:-}" ]]; then
+            DGXNGPU="$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)"
+            [[ "$DGXNGPU" -gt 0 ]] || DGXNGPU=1
+        fi
+        if [[ "$nnodes" -eq 1 ]]; then
+            # --standalone: a private rendezvous on a free port, so concurrent jobs on one host never collide.
+            launch=(torchrun --standalone --nnodes=1 --nproc_per_node="$DGXNGPU")
+        else
+            : "${MASTER_ADDR:?multi-node torchrun needs MASTER_ADDR (the host of node rank 0)}"
+            # c10d rendezvous with node 0 named as the store's host (is_host), so two "nodes" on one machine
+            # (the tests) or nodes whose host names do not match MASTER_ADDR still agree on who serves it.
+            # That is all NODE_RANK does here: c10d hands out global ranks in order of arrival (torchrun
+            # ignores --node_rank unless the rendezvous is static).
+            launch=(torchrun --nnodes="$nnodes" --nproc_per_node="$DGXNGPU"
+                    --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:${MASTER_PORT:-29500}"
+                    --rdzv_id="${RDZV_ID:-$JOBID}" --rdzv_conf="is_host=$([[ "$node_rank" -eq 0 ]] && echo 1 || echo 0)"
+                    --max_restarts=0)
+        fi
+        export PYTHONUNBUFFERED=1   # torchrun's workers relay output line by line only when unbuffered
+        ;;
+    *) echo "run_and_time: LAUNCH_MODE must be torchrun or direct, not '$LAUNCH_MODE'" >&2; exit 2 ;;
+esac
+
+# --- wrappers -------------------------------------------------------------------------------------------
+wrap=()
+if [[ "$LAUNCH_MODE" == direct ]] && command -v bindpcie >/dev/null; then
+    # Pin each rank to the cores and NUMA memory next to its GPU (mlperf-common's bindpcie).
+    wrap+=(bindpcie --cpu=exclusive)
+    if [[ "${ENABLE_IB_BINDING:-0}" == 1 && "${SLURM_NNODES:-1}" -gt 1 ]]; then wrap+=(--ib=single); fi
+    wrap+=(--)
+fi
+if [[ "${NVTX_FLAG:-0}" == 1 ]]; then
+    if ! command -v nsys >/dev/null; then
+        echo "run_and_time: NVTX_FLAG=1 but nsys is not on PATH (it ships with the CUDA toolkit and the NGC" \
+             "containers; on a host install Nsight Systems or unset NVTX_FLAG)" >&2
+        exit 2
+    fi
+    mkdir -p "$LOGDIR"
+    wrap+=(nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop --sample=none --cpuctxsw=none
+           --trace=cuda,nvtx -f true -o "$LOGDIR/${BENCHMARK}_${DGXSYSTEM:-local}_${JOBID}_${rank}")
+fi
+cmd=("${wrap[@]}" "${launch[@]}" "${entry[@]}")
+
+if [[ "${DRYRUN:-0}" == 1 ]]; then
+    echo "run_and_time: mode=$LAUNCH_MODE rank=$rank"
+    printf 'DRYRUN:'; printf ' %q' "${cmd[@]}"; printf '\n'
+    exit 0
+fi
+
+# --- the timed run --------------------------------------------------------------------------------------
+start=$(date +%s.%N)
+echo "STARTING TIMING RUN AT $(date '+%Y-%m-%d %r') ($LAUNCH_MODE, rank $rank): ${cmd[*]}"
+rc=0
+"${cmd[@]}" || rc=$?
+end=$(date +%s.%N)
+echo "ENDING TIMING RUN AT $(date '+%Y-%m-%d %r')"
+# Wall time of the whole process, initialisation included; the MLPerf score is run_start..run_stop in the log.
+echo "run_and_time: $BENCHMARK rank $rank exit $rc after $(awk "BEGIN {printf \"%.1f\", $end - $start}") s wall clock"
+exit "$rc"

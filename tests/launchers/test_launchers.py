@@ -1,0 +1,595 @@
+"""The launchers: run_and_time.sh, mpirun.sh, run.sub/resnet.sub, the config files and dropcache.py.
+
+Fast tests drive the shell logic in DRYRUN mode (no training): which launcher run_and_time.sh picks from
+the environment, the nsys and bindpcie wrappers, argument pass-through, the config files' arithmetic.
+Slow tests train the resnet debug flavour on CPU through each launch path and run the real MLCommons
+compliance checker on the log it leaves:
+  torchrun, 2 processes | torchrun as 2 nodes of 1 process (c10d rendezvous) | mpirun, 2 ranks |
+  sbatch launchers/resnet.sub on the local Slurm (tests/infra/start_slurm.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compliance, free_port
+
+LAUNCHERS = REPO / "launchers"
+RUN_AND_TIME = LAUNCHERS / "run_and_time.sh"
+MPIRUN_SH = LAUNCHERS / "mpirun.sh"
+RESNET_SUB = LAUNCHERS / "resnet.sub"
+CONFIGS = sorted((LAUNCHERS / "resnet").glob("config_*.sh"))
+# Variables by which a launcher announces itself: a test run inside a Slurm job or mpirun must not see them.
+_LAUNCH_PREFIXES = ("SLURM_", "OMPI_", "PMI_", "PMIX_", "MPI_LOCAL", "TORCHELASTIC_")
+_LAUNCH_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NNODES",
+                "NODE_RANK", "DGXNGPU", "DGXNNODES", "DGXSYSTEM", "NVTX_FLAG", "EXTRA_ARGS", "SEED", "SEED_BASE",
+                "LAUNCH_MODE", "RUNDIR", "LOGDIR", "DATADIR", "BENCHMARK", "FLAVOUR", "CONT", "NEXP"}
+
+
+def clean_env(tmp_path: Path | None = None, **overrides) -> dict:
+    """This environment minus any launcher's variables, with this interpreter's bin (the venv) on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCH_PREFIXES) and k not in _LAUNCH_VARS}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def run(cmd, env, timeout=60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], env=env, cwd=kw.pop("cwd", REPO), capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def dryrun(script: Path, env: dict, *args: str) -> tuple[str, list[str]]:
+    """(mode line, the command as argv) that the script would run."""
+    r = run(["bash", script, *args], {**env, "DRYRUN": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    cmd = next(line for line in lines if line.startswith("DRYRUN:"))
+    return lines[0], shlex.split(cmd[len("DRYRUN:"):])
+
+
+def fake_tool(directory: Path, name: str, body: str = 'echo "$0 $*"') -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(f"#!/bin/bash\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def base_env(tmp_path, **overrides) -> dict:
+    return clean_env(**{"BENCHMARK": "resnet", "FLAVOUR": "debug", "DATADIR": "/data/x", "LOGDIR": tmp_path / "logs",
+                        **overrides})
+
+
+def entry_args(cmd: list[str]) -> list[str]:
+    """Everything from `-m runtime.train` on."""
+    i = cmd.index("-m")
+    assert cmd[i + 1] == "runtime.train", cmd
+    return cmd[i + 1:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# run_and_time.sh: the launcher it picks, and the command it builds
+# ---------------------------------------------------------------------------------------------------
+
+def test_one_slurm_task_per_gpu_runs_python_directly(tmp_path):
+    env = base_env(tmp_path, SLURM_STEP_ID=0, SLURM_PROCID=5, SLURM_NTASKS=16, SLURM_NNODES=2, SLURM_JOB_ID=77,
+                   SEED=123)
+    mode, cmd = dryrun(RUN_AND_TIME, env)
+    assert mode == "run_and_time: mode=direct rank=5"
+    assert cmd[:2] == ["python", "-u"] and "torchrun" not in cmd
+    assert entry_args(cmd) == ["runtime.train", "resnet", "--flavour", "debug", "--data-dir", "/data/x",
+                               "--run-dir", f"{tmp_path}/logs/resnet_77", "--seed", "123"]
+
+
+def test_the_batch_script_itself_is_one_process_per_node(tmp_path):
+    # sbatch --ntasks=16: the batch script sees SLURM_NTASKS=16 but is not one of 16 srun tasks.
+    env = base_env(tmp_path, SLURM_PROCID=0, SLURM_NTASKS=16, SLURM_NNODES=2, SLURM_NODEID=0, DGXNGPU=8,
+                   MASTER_ADDR="node001")
+    assert dryrun(RUN_AND_TIME, env)[0] == "run_and_time: mode=torchrun rank=0"
+
+
+@pytest.mark.parametrize("mpi_vars", [{"OMPI_COMM_WORLD_SIZE": 2, "OMPI_COMM_WORLD_RANK": 1},
+                                      {"PMI_SIZE": 2, "PMI_RANK": 1}], ids=["openmpi", "mpich"])
+def test_ranks_started_by_mpi_run_python_directly(tmp_path, mpi_vars):
+    mode, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, **mpi_vars))
+    assert mode == "run_and_time: mode=direct rank=1"
+    assert cmd[0] == "python"
+
+
+def test_interactive_single_node_uses_standalone_torchrun(tmp_path):
+    mode, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, DGXNGPU=8))
+    assert mode == "run_and_time: mode=torchrun rank=0"
+    assert cmd[:cmd.index("-m")] == ["torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=8"]
+
+
+def test_one_slurm_task_per_node_uses_torchrun_with_node_rank(tmp_path):
+    # srun --ntasks-per-node=1: as many tasks as nodes, so each task starts its node's ranks with torchrun.
+    env = base_env(tmp_path, DGXNGPU=8, SLURM_STEP_ID=0, SLURM_PROCID=1, SLURM_NODEID=1, SLURM_NTASKS=2, SLURM_NNODES=2,
+                   SLURM_JOB_ID=99, MASTER_ADDR="node001", MASTER_PORT=29500)
+    mode, cmd = dryrun(RUN_AND_TIME, env)
+    assert mode == "run_and_time: mode=torchrun rank=1"
+    launcher = cmd[:cmd.index("-m")]
+    assert launcher[0] == "torchrun"
+    for flag in ("--nnodes=2", "--nproc_per_node=8", "--rdzv_backend=c10d",
+                 "--rdzv_endpoint=node001:29500", "--rdzv_id=99", "--rdzv_conf=is_host=0"):
+        assert flag in launcher, (flag, launcher)
+
+
+@pytest.mark.parametrize("node_rank,is_host", [(0, 1), (1, 0)])
+def test_multi_node_torchrun_node_zero_hosts_the_rendezvous(tmp_path, node_rank, is_host):
+    env = base_env(tmp_path, NNODES=2, NODE_RANK=node_rank, DGXNGPU=1, MASTER_ADDR="127.0.0.1", MASTER_PORT=4321)
+    _, cmd = dryrun(RUN_AND_TIME, env)
+    assert f"--rdzv_conf=is_host={is_host}" in cmd and "--rdzv_endpoint=127.0.0.1:4321" in cmd
+    assert "--standalone" not in cmd
+
+
+def test_multi_node_torchrun_without_master_addr_fails_clearly(tmp_path):
+    r = run(["bash", RUN_AND_TIME], {**base_env(tmp_path, NNODES=2, NODE_RANK=1), "DRYRUN": "1"})
+    assert r.returncode != 0 and "MASTER_ADDR" in r.stderr
+
+
+def test_launch_mode_override(tmp_path):
+    env = base_env(tmp_path, SLURM_STEP_ID=0, SLURM_PROCID=0, SLURM_NTASKS=8, SLURM_NNODES=1, LAUNCH_MODE="torchrun",
+                   DGXNGPU=8)
+    assert dryrun(RUN_AND_TIME, env)[1][0] == "torchrun"
+    r = run(["bash", RUN_AND_TIME], {**base_env(tmp_path, LAUNCH_MODE="mpi"), "DRYRUN": "1"})
+    assert r.returncode == 2 and "LAUNCH_MODE" in r.stderr
+
+
+def test_extra_args_and_script_arguments_pass_through(tmp_path):
+    env = base_env(tmp_path, EXTRA_ARGS="optim.base_lr=4 train.max_epochs=20", RUNDIR="/r")
+    _, cmd = dryrun(RUN_AND_TIME, env, "run.log_every_steps=5", "--seed", "7")
+    assert entry_args(cmd) == ["runtime.train", "resnet", "--flavour", "debug", "--data-dir", "/data/x",
+                               "--run-dir", "/r", "optim.base_lr=4", "train.max_epochs=20",
+                               "run.log_every_steps=5", "--seed", "7"]
+
+
+def test_relative_paths_are_the_callers(tmp_path):
+    env = base_env(tmp_path, DATADIR="data/imagenet", LOGDIR="results", DRYRUN=1)
+    r = run(["bash", RUN_AND_TIME], env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cmd = shlex.split(r.stdout.splitlines()[1][len("DRYRUN:"):])
+    assert entry_args(cmd)[4:8] == ["--data-dir", f"{tmp_path}/data/imagenet",
+                                    "--run-dir", f"{tmp_path}/results/resnet_local"]
+
+
+@pytest.mark.parametrize("var", ["BENCHMARK", "FLAVOUR", "DATADIR"])
+def test_missing_required_variable_is_named(tmp_path, var):
+    env = base_env(tmp_path)
+    del env[var]
+    r = run(["bash", RUN_AND_TIME], {**env, "DRYRUN": "1"})
+    assert r.returncode != 0 and var in r.stderr
+
+
+def test_nvtx_flag_wraps_each_rank_in_nsys(tmp_path):
+    tools = tmp_path / "bin"
+    fake_tool(tools, "nsys")
+    env = base_env(tmp_path, NVTX_FLAG=1, DGXSYSTEM="DGXH100_01x08x408", SLURM_JOB_ID=4242, SLURM_STEP_ID=0,
+                   SLURM_PROCID=3,
+                   SLURM_NTASKS=8, SLURM_NNODES=1, PROFILE_START_STEP=5, PROFILE_STOP_STEP=9)
+    env["PATH"] = f"{tools}:{env['PATH']}"
+    _, cmd = dryrun(RUN_AND_TIME, env)
+    python_at = cmd.index("python")
+    assert cmd[:python_at] == [
+        "nsys", "profile", "--capture-range=cudaProfilerApi", "--capture-range-end=stop", "--sample=none",
+        "--cpuctxsw=none", "--trace=cuda,nvtx", "-f", "true",
+        "-o", f"{tmp_path}/logs/resnet_DGXH100_01x08x408_4242_3"]
+    # The capture range the entry point opens with cudaProfilerStart/Stop.
+    assert cmd[-2:] == ["run.profile_start_step=5", "run.profile_stop_step=9"]
+
+
+def test_nvtx_flag_without_nsys_fails_clearly(tmp_path):
+    env = base_env(tmp_path, NVTX_FLAG=1)
+    env["PATH"] = ":".join(p for p in env["PATH"].split(":") if not (Path(p) / "nsys").exists())
+    r = run(["bash", RUN_AND_TIME], {**env, "DRYRUN": "1"})
+    assert r.returncode == 2
+    assert "NVTX_FLAG=1 but nsys is not on PATH" in r.stderr
+
+
+@pytest.mark.parametrize("ib,nnodes,expect", [
+    ("0", 1, ["bindpcie", "--cpu=exclusive", "--"]),
+    ("1", 2, ["bindpcie", "--cpu=exclusive", "--ib=single", "--"]),
+    ("1", 1, ["bindpcie", "--cpu=exclusive", "--"]),  # one node: no IB traffic to pin
+])
+def test_bindpcie_pins_direct_ranks_when_installed(tmp_path, ib, nnodes, expect):
+    tools = tmp_path / "bin"
+    fake_tool(tools, "bindpcie")
+    env = base_env(tmp_path, SLURM_STEP_ID=0, SLURM_PROCID=0, SLURM_NTASKS=8 * nnodes, SLURM_NNODES=nnodes,
+                   ENABLE_IB_BINDING=ib)
+    env["PATH"] = f"{tools}:{env['PATH']}"
+    _, cmd = dryrun(RUN_AND_TIME, env)
+    assert cmd[:cmd.index("python")] == expect
+
+
+def test_no_bindpcie_without_the_binary_or_under_torchrun(tmp_path):
+    _, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, SLURM_STEP_ID=0, SLURM_PROCID=0, SLURM_NTASKS=8, SLURM_NNODES=1))
+    if not shutil.which("bindpcie"):
+        assert cmd[0] == "python"
+    tools = tmp_path / "bin"
+    fake_tool(tools, "bindpcie")
+    env = base_env(tmp_path, DGXNGPU=2)
+    env["PATH"] = f"{tools}:{env['PATH']}"
+    assert dryrun(RUN_AND_TIME, env)[1][0] == "torchrun"
+
+
+# ---------------------------------------------------------------------------------------------------
+# mpirun.sh: which MPI, which flags
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version,flavour", [
+    ("mpirun (Open MPI) 4.1.5\n\nReport bugs to http://www.open-mpi.org/community/help/", "openmpi"),
+    ("HYDRA build details:\n    Version: 4.1.2", "mpich"),
+])
+def test_mpirun_detects_the_mpi_and_builds_its_flags(tmp_path, version, flavour):
+    fake = fake_tool(tmp_path / "bin", "mpirun", f"cat <<'EOF'\n{version}\nEOF")
+    env = clean_env(MPIRUN=fake, MASTER_ADDR="10.0.0.1")
+    mode, cmd = dryrun(MPIRUN_SH, env, "4", "resnet", "--flavour", "debug", "--data-dir", "/d")
+    assert mode == f"mpirun.sh: {flavour}"
+    assert cmd[0] == str(fake)
+    assert cmd[cmd.index("-m"):] == ["-m", "runtime.train", "resnet", "--flavour", "debug", "--data-dir", "/d"]
+    if flavour == "openmpi":
+        assert cmd[1:3] == ["-np", "4"]
+        assert {"--oversubscribe", "--bind-to", "none"} <= set(cmd)
+        assert ("--allow-run-as-root" in cmd) == (os.geteuid() == 0)
+        # Remote ranks get only what -x forwards.
+        assert ["-x", "MASTER_ADDR"] == cmd[cmd.index("MASTER_ADDR") - 1:cmd.index("MASTER_ADDR") + 1]
+        assert ["-x", "MASTER_PORT"] == cmd[cmd.index("MASTER_PORT") - 1:cmd.index("MASTER_PORT") + 1]
+    else:
+        assert cmd[1:3] == ["-n", "4"] and "--allow-run-as-root" not in cmd
+
+
+@pytest.mark.parametrize("hostfile,expect", [("# cluster\n\nnode007 slots=8\nnode008 slots=8\n", "node007"),
+                                             ("gpu-a:8\ngpu-b:8\n", "gpu-a"), (None, "127.0.0.1")])
+def test_mpirun_names_rank_zeros_host(tmp_path, hostfile, expect):
+    # A fake MPICH whose "ranks" print their environment: what every rank would get.
+    fake = fake_tool(tmp_path / "bin", "mpirun", 'if [[ "$1" == --version ]]; then echo "HYDRA build"; else env; fi')
+    env = clean_env(MPIRUN=fake)
+    if hostfile is not None:
+        (tmp_path / "hosts").write_text(hostfile)
+        env["HOSTFILE"] = str(tmp_path / "hosts")
+    r = run(["bash", MPIRUN_SH, "16", "resnet"], env)
+    assert r.returncode == 0, r.stderr
+    assert f"MASTER_ADDR={expect}" in r.stdout.splitlines()
+
+
+def test_mpirun_rejects_an_unknown_mpi_and_bad_usage(tmp_path):
+    fake = fake_tool(tmp_path / "bin", "mpirun", "echo 'SomeOtherMPI 1.0'")
+    r = run(["bash", MPIRUN_SH, "2", "resnet"], clean_env(MPIRUN=fake))
+    assert r.returncode == 2 and "cannot tell which MPI" in r.stderr
+    r = run(["bash", MPIRUN_SH, "resnet"], clean_env())
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config files and the .sub wrappers
+# ---------------------------------------------------------------------------------------------------
+
+def source_config(config: Path, **env) -> dict:
+    keys = ["BENCHMARK", "FLAVOUR", "DGXSYSTEM", "DGXNNODES", "DGXNGPU", "WALLTIME", "WALLTIME_RUNANDTIME"]
+    script = f"source {shlex.quote(str(config))}; " + "; ".join(f'echo "{k}=${{{k}:-}}"' for k in keys)
+    r = run(["bash", "-c", script], clean_env(**env))
+    assert r.returncode == 0, r.stderr
+    return dict(line.split("=", 1) for line in r.stdout.splitlines())
+
+
+def test_there_are_the_three_resnet_configs():
+    assert {c.name for c in CONFIGS} == {"config_DGXH100_01x08x408.sh", "config_DGXH100_08x08x51.sh",
+                                         "config_CPU_01x02x16.sh"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
+def test_config_shape_matches_its_name_and_its_flavour(config):
+    from models.resnet.config import FLAVOURS
+
+    values = source_config(config)
+    system = config.stem.removeprefix("config_")
+    nodes, gpus, local_batch = (int(x) for x in re.fullmatch(r".*_(\d+)x(\d+)x(\d+)", system).groups())
+    assert values["DGXSYSTEM"] == system
+    assert values["BENCHMARK"] == "resnet"
+    assert (int(values["DGXNNODES"]), int(values["DGXNGPU"])) == (nodes, gpus)
+    # The name's shape is a promise about the batch: nodes x GPUs x local batch = the flavour's GBS.
+    cfg = FLAVOURS[values["FLAVOUR"]]()
+    assert nodes * gpus * local_batch == cfg.train.global_batch_size
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
+def test_config_walltime_scales_with_nexp_and_respects_overrides(config):
+    one, five = source_config(config), source_config(config, NEXP=5)
+    per_run = int(one["WALLTIME_RUNANDTIME"])
+    margin = int(one["WALLTIME"]) - per_run
+    assert margin > 0 and int(five["WALLTIME"]) == 5 * per_run + margin
+    assert source_config(config, DGXNNODES=3, FLAVOUR="custom")["DGXNNODES"] == "3"
+    assert source_config(config, FLAVOUR="custom")["FLAVOUR"] == "custom"
+
+
+def test_resnet_sub_finds_the_repository_from_the_submit_dir(tmp_path):
+    # sbatch runs a copy of the script from the spool directory: emulate that by running a copy.
+    spool_copy = tmp_path / "spool" / "slurm_script"
+    spool_copy.parent.mkdir()
+    shutil.copy(RESNET_SUB, spool_copy)
+    for submit_dir in (REPO, LAUNCHERS):
+        r = run(["bash", spool_copy], clean_env(SLURM_SUBMIT_DIR=submit_dir), cwd=tmp_path)
+        # It reached run.sub (whose first guard wants an allocation), so it found the repository.
+        assert r.returncode != 0 and "runs inside an allocation" in r.stderr, r.stderr
+    r = run(["bash", spool_copy], clean_env(SLURM_SUBMIT_DIR=tmp_path), cwd=tmp_path)
+    assert r.returncode != 0 and "cannot find the repository" in r.stderr, r.stderr
+
+
+def test_run_sub_needs_a_config(tmp_path):
+    env = clean_env(SLURM_JOB_ID=1, MLPERF_REPO=REPO, BENCHMARK="resnet")
+    r = run(["bash", LAUNCHERS / "run.sub"], env)
+    assert r.returncode != 0 and "source launchers/resnet/config_" in r.stderr
+
+
+def test_run_sub_with_cont_runs_every_step_in_one_pyxis_container_per_node(tmp_path):
+    """No pyxis here: a fake srun records each step (arguments and the environment the tasks would get)."""
+    tools, steps_file = tmp_path / "bin", tmp_path / "steps.jsonl"
+    fake_tool(tools, "srun", f"""python3 - "$@" <<'EOF'
+import json, os, sys
+keep = ("DATADIR", "LOGDIR", "RUNDIR", "SEED", "MASTER_ADDR", "MASTER_PORT", "BENCHMARK", "FLAVOUR", "DGXSYSTEM")
+with open("{steps_file}", "a") as f:
+    f.write(json.dumps({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keep}}}}) + "\\n")
+EOF""")
+    fake_tool(tools, "scontrol", 'printf "node001\\nnode002\\n"')
+    env = clean_env(SLURM_JOB_ID=4711, SLURM_JOB_NUM_NODES=2, SLURM_JOB_NODELIST="node[001-002]",
+                    SLURM_CLUSTER_NAME="eos", MLPERF_REPO=REPO, BENCHMARK="resnet", CONT="nvcr.io#mlperf/stack:1",
+                    DATADIR=tmp_path / "imagenet", LOGDIR=tmp_path / "results", NEXP=2, SEED_BASE=10,
+                    DATESTAMP="stamp", CHECK_COMPLIANCE=0, EXTRA_MOUNTS="/lustre/ckpt:/ckpt")
+    (tmp_path / "imagenet").mkdir()
+    # The 8-node config cut to the 2 nodes of the fake allocation.
+    env.update(source_config(LAUNCHERS / "resnet" / "config_DGXH100_08x08x51.sh", DGXNNODES=2))
+    env["PATH"] = f"{tools}:{env['PATH']}"
+    r = run(["bash", LAUNCHERS / "run.sub"], env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    steps = [json.loads(line) for line in steps_file.read_text().splitlines()]
+    argvs = [s["argv"] for s in steps]
+    name = "--container-name=mlperf_resnet_4711"
+
+    # Stale containers removed first and again on exit; the image unpacked once per node, by name.
+    assert "enroot remove" in argvs[0][-1] and "enroot remove" in argvs[-1][-1]
+    assert argvs[1] == ["--ntasks=2", "--ntasks-per-node=1", "--container-image=nvcr.io#mlperf/stack:1", name, "true"]
+    training = [s for s in steps if s["argv"][-1] == "/workspace/mlperf/launchers/run_and_time.sh"]
+    assert len(training) == 2
+    for i, step in enumerate(training, start=1):
+        argv = step["argv"]
+        mounts = f"--container-mounts={tmp_path}/imagenet:/data,{tmp_path}/results:/results,/lustre/ckpt:/ckpt"
+        for flag in (name, mounts,
+                     "--container-workdir=/workspace/mlperf", "--container-env=MASTER_PORT,MASTER_ADDR",
+                     "--no-container-mount-home", "-l", "--kill-on-bad-exit=1", "--ntasks=16", "--ntasks-per-node=8"):
+            assert flag in argv, (flag, argv)
+        # Paths as the container sees them; a fresh seed per run; rank 0's host serves the rendezvous.
+        assert step["env"] == {"DATADIR": "/data", "LOGDIR": "/results", "RUNDIR": f"/results/stamp_{i}",
+                               "SEED": str(9 + i), "MASTER_ADDR": "node001", "MASTER_PORT": "29500",
+                               "BENCHMARK": "resnet", "FLAVOUR": "dgxh100_8x8", "DGXSYSTEM": "DGXH100_08x08x51"}
+    # The cache drop runs on the host (no container), once per node, on the host's dataset path, before each run.
+    drops = [i for i, a in enumerate(argvs) if any("dropcache.py" in x for x in a)]
+    assert len(drops) == 2 and all(not any(x.startswith("--container") for x in argvs[i]) for i in drops)
+    assert argvs[drops[0]][:2] == ["--ntasks=2", "--ntasks-per-node=1"]
+    assert argvs[drops[0]][-1] == f"{tmp_path}/imagenet"
+    assert drops[0] < argvs.index(training[0]["argv"]) and drops[1] < argvs.index(training[1]["argv"], drops[0] + 2)
+    log = (tmp_path / "results" / "stamp_1.log").read_text()
+    assert ":::DLPAL nvcr.io#mlperf/stack:1 4711 2 node[001-002] eos DGXH100_08x08x51" in log
+
+
+# ---------------------------------------------------------------------------------------------------
+# dropcache.py
+# ---------------------------------------------------------------------------------------------------
+
+def _resident_bytes(path: Path) -> int:
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def test_dropcache_fadvise_evicts_the_dataset_pages(tmp_path):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    files = [data / "train" / f"shard-{i}" for i in range(3)] + [data / "index"]
+    for f in files:
+        f.write_bytes(os.urandom(1 << 20))
+    r = run([sys.executable, LAUNCHERS / "dropcache.py", "--method", "fadvise", data], clean_env())
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"fadvise: POSIX_FADV_DONTNEED on 4 files \(4\.0 MiB\)", r.stdout), r.stdout
+
+    fs_type = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout
+    if shutil.which("fincore") and "tmpfs" not in fs_type:  # tmpfs pages are the file: they cannot be dropped
+        for f in files:
+            f.read_bytes()
+        assert sum(map(_resident_bytes, files)) > 0
+        run([sys.executable, LAUNCHERS / "dropcache.py", "--method", "fadvise", data], clean_env())
+        assert sum(map(_resident_bytes, files)) == 0
+
+
+def test_dropcache_missing_datadir_fails(tmp_path):
+    r = run([sys.executable, LAUNCHERS / "dropcache.py", "--method", "fadvise", tmp_path / "nope"], clean_env())
+    assert r.returncode == 1 and "no such path" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end: the resnet debug flavour through every launch path
+# ---------------------------------------------------------------------------------------------------
+
+def result_lines(output: str) -> list[list[str]]:
+    """RESULT,<benchmark>,<seed>,<seconds>,<status>,<start> lines, with any `srun -l` prefix removed."""
+    return [line.split("RESULT,", 1)[1].split(",") for line in output.splitlines() if "RESULT,resnet," in line]
+
+
+def assert_compliant(log: Path) -> None:
+    assert log.is_file(), f"no MLPerf log at {log}"
+    passed, out = compliance(log)
+    assert passed, f"compliance checker on {log}:\n{out}"
+
+
+def mllog_events(log: Path) -> list[dict]:
+    return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in log.read_text().splitlines() if ":::MLLOG " in line]
+
+
+def assert_one_successful_run(output: str, logdir: Path, launcher: str) -> Path:
+    """One RESULT line with status success, one mlperf_log.txt (rank 0's) that passes the checker, and the
+    entry point saw the launcher and the 2-rank world we meant to start."""
+    results = result_lines(output)
+    assert len(results) == 1, f"expected one RESULT line from rank 0, got {results}\n{output[-3000:]}"
+    assert results[0][0] == "resnet" and results[0][3] == "success", results[0]
+    logs = list(logdir.rglob("mlperf_log.txt"))
+    assert len(logs) == 1, logs
+    assert_compliant(logs[0])
+    run_config = json.loads((logs[0].parent / "run_config.json").read_text())
+    assert run_config["launcher"] == launcher
+    assert run_config["layout"].startswith("world=2 "), run_config["layout"]
+    seeds = [e["value"] for e in mllog_events(logs[0]) if e["key"] == "seed"]
+    assert seeds == [int(results[0][1])]
+    return logs[0]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(resnet_debug_data, tmp_path):
+    env = base_env(tmp_path, DATADIR=resnet_debug_data, DGXNGPU=2, RUNDIR=tmp_path / "logs" / "run")
+    r = run(["bash", RUN_AND_TIME], env, timeout=1800)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "STARTING TIMING RUN AT" in out and "ENDING TIMING RUN AT" in out
+    assert_one_successful_run(out, tmp_path / "logs", launcher="torchrun")
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_one_process_each(resnet_debug_data, tmp_path):
+    # Two torchrun agents on one machine, as on two nodes: c10d rendezvous at MASTER_ADDR:MASTER_PORT,
+    # hosted by node rank 0.
+    port = free_port()
+    procs = []
+    for node_rank in (0, 1):
+        env = base_env(tmp_path, DATADIR=resnet_debug_data, DGXNGPU=1, NNODES=2, NODE_RANK=node_rank,
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RDZV_ID=f"test{port}",
+                       RUNDIR=tmp_path / "logs" / "run")
+        procs.append(subprocess.Popen(["bash", str(RUN_AND_TIME)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=1800)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    for node_rank, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"node {node_rank}:\n{out[-4000:]}"
+    assert all("--rdzv_backend=c10d" in out for out in outputs)
+    assert_one_successful_run("\n".join(outputs), tmp_path / "logs", launcher="torchrun")
+
+
+def open_mpi_mpirun() -> str | None:
+    """An Open MPI mpirun on this machine (Debian: openmpi-bin), whatever `mpirun` on PATH is."""
+    for candidate in (shutil.which("mpirun.openmpi"), "/usr/bin/mpirun", shutil.which("mpirun")):
+        if candidate and os.path.exists(candidate):
+            version = subprocess.run([candidate, "--version"], capture_output=True, text=True).stdout
+            if "Open MPI" in version:
+                return candidate
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mpi", ["path", "openmpi"])
+def test_mpirun_two_ranks(resnet_debug_data, tmp_path, mpi):
+    # "path": the mpirun found on PATH (MPICH's from the venv here); "openmpi": Open MPI where installed.
+    env = clean_env(MASTER_PORT=free_port())
+    if mpi == "openmpi":
+        env["MPIRUN"] = open_mpi_mpirun() or pytest.skip("no Open MPI here (apt-get install openmpi-bin)")
+    run_dir = tmp_path / "logs" / "run"
+    r = run(["bash", MPIRUN_SH, "2", "resnet", "--flavour", "debug", "--data-dir", resnet_debug_data,
+             "--run-dir", run_dir], env, timeout=1800)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    flavour = re.search(r"mpirun\.sh: (\w+), 2 ranks", out).group(1)
+    if mpi == "openmpi":
+        assert flavour == "openmpi"
+    assert_one_successful_run(out, tmp_path / "logs", launcher=flavour)
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end under Slurm: sbatch launchers/resnet.sub with the CPU config
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_slurm():
+    """The local Slurm of tests/infra/start_slurm.sh. Skipped where it cannot start (no root, no apt),
+    except in CI, where the sbatch path must be tested."""
+    r = subprocess.run(["bash", str(REPO / "tests/infra/start_slurm.sh")], capture_output=True, text=True,
+                       timeout=900)
+    if r.returncode != 0:
+        reason = f"the local Slurm did not start (tests/infra/start_slurm.sh):\n{(r.stdout + r.stderr)[-2000:]}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def job_field(job_id: str, field: str) -> str | None:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    m = re.search(rf"\b{field}=(\S+)", out)
+    return m.group(1) if m else None
+
+
+def wait_for_job(job_id: str, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+        if not queued.stdout.strip():
+            return
+        time.sleep(3)
+    subprocess.run(["scancel", job_id])
+    raise AssertionError(f"job {job_id} still {job_field(job_id, 'JobState')} after {timeout_s:.0f} s; cancelled")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sbatch_resnet_sub_cpu_config(local_slurm, resnet_debug_data, tmp_path):
+    logdir = tmp_path / "results"
+    datestamp = "testrun"
+    config = LAUNCHERS / "resnet" / "config_CPU_01x02x16.sh"
+    # What a user types, with two runs so the loop and the per-run seeds are exercised. fadvise: evict the
+    # dataset only; dropping the whole page cache would slow everyone else on a shared test machine.
+    # WALLTIME_RUNANDTIME: a shared 2-core machine can be many times slower than the config's estimate.
+    env = clean_env(DATADIR=resnet_debug_data, LOGDIR=logdir, NEXP=2, SEED_BASE=4242, DATESTAMP=datestamp,
+                    MASTER_PORT=free_port(), DROPCACHE_METHOD="fadvise", WALLTIME_RUNANDTIME=15)
+    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable -o {shlex.quote(str(tmp_path))}/slurm-%j.out "
+              f"-N $DGXNNODES -t $WALLTIME launchers/resnet.sub")
+    r = run(["bash", "-c", submit], env)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().split(";")[0]
+    wait_for_job(job_id, timeout_s=(2 * 15 + 5 + 2) * 60)  # the job's own time limit, plus a little
+    job_output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+
+    assert job_field(job_id, "JobState") == "COMPLETED", job_output[-4000:]
+    assert job_field(job_id, "ExitCode") == "0:0"
+    assert "run.sub: 2 run(s), 0 failed, 0 failed the compliance check" in job_output
+    for i, seed in ((1, 4242), (2, 4243)):
+        log = logdir / f"{datestamp}_{i}.log"
+        assert_compliant(log)
+        text = log.read_text()
+        assert re.search(rf"^:::DLPAL host {job_id} 1 \S+ mlperf-local CPU_01x02x16$", text, re.M), text[:2000]
+        assert json.loads(re.search(r"^:::SYSJSON (.*)$", text, re.M).group(1))["accelerators_per_node"] == 2
+        assert "dropcache" in text and "fadvise: POSIX_FADV_DONTNEED" in text
+        # srun -l: one task per "GPU", each running python directly (not torchrun).
+        for rank in (0, 1):
+            assert re.search(rf"^{rank}: STARTING TIMING RUN AT .*\(direct, rank {rank}\)", text, re.M)
+        results = result_lines(text)
+        assert len(results) == 1 and results[0][1] == str(seed) and results[0][3] == "success", results
+        events = mllog_events(log)
+        assert [e["value"] for e in events if e["key"] == "seed"] == [seed]
+        assert [e["value"] for e in events if e["key"] == "submission_platform"] == ["CPU_01x02x16"]
+        # run.sub kept the checker's own report next to the log.
+        assert "SUCCESS" in (logdir / f"{datestamp}_{i}_compliance.txt").read_text()
+        # The entry point's own copy of the log, in the run directory, and what it saw of the launch.
+        run_dir = logdir / f"{datestamp}_{i}"
+        assert_compliant(run_dir / "mlperf_log.txt")
+        run_config = json.loads((run_dir / "run_config.json").read_text())
+        assert run_config["launcher"] == "slurm" and run_config["layout"].startswith("world=2 ")

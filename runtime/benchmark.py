@@ -20,6 +20,7 @@ from runtime.parallel import ParallelLayout
 # Log name -> package. Each package has `config.py` (FLAVOURS) and `benchmark.py` (BENCHMARK class).
 BENCHMARKS = {
     "resnet": "models.resnet",
+    "gpt3": "models.gpt3",
 }
 
 

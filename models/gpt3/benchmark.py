@@ -1,0 +1,345 @@
+"""GPT-3 175B continued pre-training on C4: what the run loop needs, on megatron-core.
+
+Units: a step is one global batch; samples are 2048-token sequences. `eval_accuracy` is the validation
+log-perplexity (token-mean cross-entropy over the whole validation set), lower is better, logged with
+`epoch_num` = tokens trained since the initial checkpoint (the RCP unit). The LR schedule (cosine with
+linear warmup, floor 10% of peak) is counted in steps at this run's batch size and resumes at
+`init_checkpoint_step` = ceil(4000 * 1536 / GBS).
+
+Each step runs megatron's forward_backward schedule over `num_microbatches` micro-batches (no pipelining,
+1F1B, or interleaved 1F1B when virtual_pp > 1), which also finalizes gradients (DP all-reduce or
+reduce-scatter, tied-embedding sync between the first and last stage, SP norm grads over TP).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from functools import partial
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from mlperf_logging.mllog import constants
+
+from models.gpt3.config import GPT3Config, allowed_learning_rates, closed_learning_rate
+from models.gpt3.model import build_model_chunks, te_available, transformer_config
+from models.gpt3.parallelize import build_optimizer, init_megatron, wrap_ddp
+from runtime.benchmark import Benchmark, Block, RunContext
+
+
+def write_synthetic_data(cfg: GPT3Config, out_dir: str) -> None:
+    from pipelines.megatron_data.synthetic import write_synthetic_c4
+
+    d = cfg.data
+    write_synthetic_c4(out_dir, d.train_prefixes, d.valid_prefix, vocab=d.synthetic_vocab,
+                       train_docs=d.synthetic_train_docs, valid_docs=d.synthetic_valid_docs,
+                       doc_tokens=d.synthetic_doc_tokens, branching=d.synthetic_branching, seed=d.synthetic_seed)
+
+
+def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
+    """Megatron's OptimizerParamScheduler (cosine style) at iteration `step`."""
+    if warmup_steps > 0 and step <= warmup_steps:
+        return base_lr * step / warmup_steps
+    if step > decay_steps:
+        return min_lr
+    ratio = (step - warmup_steps) / (decay_steps - warmup_steps)
+    return min_lr + 0.5 * (math.cos(math.pi * ratio) + 1.0) * (base_lr - min_lr)
+
+
+def deterministic_init(chunks, std: float, seed: int) -> None:
+    """Draw every matrix from a generator keyed by its *global* name, then keep this rank's TP shard.
+
+    megatron's CPU initialisation draws from one RNG stream in build order, so a pipeline stage (which
+    builds only its layers) would get other weights than the same layers in a one-stage run; keying by
+    name makes every layout start from identical weights (the layout-parity tests rely on it). Vectors
+    (biases 0, LayerNorm 1) are already constant.
+    """
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    for chunk in chunks:
+        offsets = {}
+        for name, module in chunk.named_modules():
+            if name.startswith("decoder.layers.") and name.count(".") == 2:
+                offsets[name + "."] = f"decoder.layers.{module.layer_number - 1}."
+        for name, p in chunk.named_parameters():
+            if p.dim() < 2:
+                continue
+            key = name
+            for local, global_ in offsets.items():
+                if name.startswith(local):
+                    key = global_ + name[len(local):]
+            if name == "output_layer.weight" and getattr(p, "shared_embedding", False):
+                key = "embedding.word_embeddings.weight"  # the tied copy on the last stage
+            shape = list(p.shape)
+            dim = getattr(p, "partition_dim", -1) if getattr(p, "tensor_model_parallel", False) else -1
+            if dim >= 0:
+                shape[dim] *= tp
+            digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+            g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
+            full = torch.randn(shape, generator=g) * std
+            if dim >= 0:
+                full = full.chunk(tp, dim=dim)[tp_rank]
+            with torch.no_grad():
+                p.copy_(full.to(p.dtype))
+
+
+class GPT3Benchmark(Benchmark):
+    name = "gpt3"
+    metric_name = "log_perplexity"
+    higher_is_better = False
+
+    def __init__(self, cfg: GPT3Config, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        m, t, o, layout = cfg.model, cfg.train, cfg.optim, ctx.layout
+        if layout.cp != 1:
+            raise ValueError("gpt3: context parallel is not wired into the data path (the reference uses none)")
+        if t.global_batch_size % (layout.dp * t.micro_batch_size):
+            raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
+                             f"dp*micro_batch_size = {layout.dp}*{t.micro_batch_size}")
+        self.num_microbatches = t.global_batch_size // (layout.dp * t.micro_batch_size)
+        vpp = t.virtual_pp if layout.pp > 1 else 1
+        if vpp > 1 and self.num_microbatches % layout.pp:
+            raise ValueError(f"interleaved 1F1B needs micro-batches ({self.num_microbatches}) divisible by pp={layout.pp}")
+        self.base_lr = o.base_lr or closed_learning_rate(t.global_batch_size)
+        gbs = t.global_batch_size
+        self.warmup_steps = math.ceil(o.warmup_samples / gbs)
+        self.decay_steps = math.ceil(o.decay_samples / gbs)
+        self.init_step = math.ceil(o.init_checkpoint_samples / gbs)
+        self.eval_every_steps = math.ceil(t.eval_every_samples / gbs)
+        self.total_steps = math.ceil(t.max_samples / gbs)
+        self.seq_length = m.seq_length
+
+        if m.seq_length == 2048 and ctx.is_main:
+            # NOT DONE: loading the mandatory reference checkpoint (4000 steps at GBS 1536, with Adam state).
+            print("gpt3: WARNING: no initial-checkpoint loading yet; the model starts from random weights, so "
+                  "this run measures throughput but is not a valid MLPerf GPT-3 run", flush=True)
+        init_megatron(layout, vpp, ctx.seed)
+        self.config = transformer_config(m, t, tp=layout.tp, pp=layout.pp, cp=layout.cp)
+        chunks = build_model_chunks(m, self.config, pp_rank=layout.coords()["pp"], pp=layout.pp)
+        if m.layout_invariant_init:
+            deterministic_init(chunks, m.init_method_std, ctx.seed)
+        use_dist_opt = t.distributed_optimizer and torch.cuda.is_available()
+        self.model = wrap_ddp(chunks, self.config, distributed_optimizer=use_dist_opt,
+                              grad_reduce_in_fp32=t.grad_reduce_in_fp32)
+        from dataclasses import replace
+
+        self.optimizer = build_optimizer(self.model, replace(o, base_lr=self.base_lr), self.config,
+                                         distributed_optimizer=use_dist_opt)
+        self.forward_backward = get_forward_backward_func()
+        device = ctx.device
+        s = self.seq_length
+        # The local spec's attention needs the causal mask as a tensor (megatron would build it on "cuda");
+        # TE's fused attention takes the causal mask type alone.
+        self.attention_mask = None if te_available() else \
+            torch.triu(torch.ones(s, s, dtype=torch.bool, device=device), diagonal=1)[None, None]
+        self.position_ids = torch.arange(s, device=device)
+        self.train_data = self.valid_data = None
+        self._lr = 0.0
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.cfg.train.global_batch_size
+
+    # -- logging -----------------------------------------------------------------------------------------
+    def log_hyperparameters(self) -> None:
+        log, o, t = self.ctx.log, self.cfg.optim, self.cfg.train
+        log.event(constants.GLOBAL_BATCH_SIZE, t.global_batch_size)
+        log.event(constants.GRADIENT_ACCUMULATION_STEPS, self.num_microbatches)
+        log.event(constants.MAX_SEQUENCE_LENGTH, self.seq_length)
+        log.event(constants.OPT_NAME, "adam")
+        log.event(constants.OPT_BASE_LR, self.base_lr)
+        log.event(constants.OPT_END_LR, self.base_lr * o.min_lr_ratio)
+        log.event(constants.OPT_LR_DECAY_STEPS, self.decay_steps)
+        log.event(constants.OPT_LR_WARMUP_STEPS, self.warmup_steps)
+        log.event(constants.OPT_LR_DECAY_SCHEDULE, "cosine with linear warmup")
+        log.event(constants.OPT_ADAM_BETA_1, o.beta1)
+        log.event(constants.OPT_ADAM_BETA_2, o.beta2)
+        log.event(constants.OPT_ADAM_EPSILON, o.eps)
+        log.event(constants.OPT_GRADIENT_CLIP_NORM, o.clip_grad)
+        log.event(constants.OPT_WEIGHT_DECAY, o.weight_decay)
+        log.event(constants.INIT_CHECKPOINT_STEP, self.init_step)
+        if self.seq_length == 2048 and self.base_lr not in allowed_learning_rates(t.global_batch_size):
+            raise ValueError(f"optim.base_lr={self.base_lr} is not a closed value at GBS {t.global_batch_size}: "
+                             f"{allowed_learning_rates(t.global_batch_size)}")
+
+    # -- batches -------------------------------------------------------------------------------------------
+    def _collate(self, samples: list[dict]) -> dict:
+        tokens = torch.from_numpy(np.stack([s["tokens"] for s in samples]))
+        labels = torch.from_numpy(np.stack([s["labels"] for s in samples]))
+        mask = (labels >= 0).float()
+        dev = self.ctx.device
+        return {"tokens": tokens.to(dev, non_blocking=True), "labels": labels.clamp(min=0).to(dev, non_blocking=True),
+                "loss_mask": mask.to(dev, non_blocking=True)}
+
+    def _train_microbatches(self, step: int) -> list[dict]:
+        """Megatron's sampler order: micro-batch j of the step is global samples [base + j*mbs*dp, ...),
+        of which this DP rank takes its mbs-long slice."""
+        t, layout = self.cfg.train, self.ctx.layout
+        mbs, dp, rank = t.micro_batch_size, layout.dp, layout.dp_rank
+        base = step * t.global_batch_size
+        return [self._collate([self.train_data[base + j * mbs * dp + rank * mbs + k] for k in range(mbs)])
+                for j in range(self.num_microbatches)]
+
+    def _synthetic_microbatches(self, count: int, mbs: int) -> list[dict]:
+        g = torch.Generator().manual_seed(0)
+        vocab = self.cfg.model.vocab_size
+        out = []
+        for _ in range(count):
+            tokens = torch.randint(0, vocab, (mbs, self.seq_length), generator=g).numpy()
+            labels = np.concatenate([tokens[:, 1:], np.full((mbs, 1), -1)], axis=1)
+            out.append(self._collate([{"tokens": a, "labels": b} for a, b in zip(tokens, labels)]))
+        return out
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def _forward_step(self, data_iterator, model, *, evaluating: bool = False):
+        batch = next(data_iterator)
+        b = batch["tokens"].shape[0]
+        losses = model(batch["tokens"], self.position_ids.expand(b, -1), self.attention_mask,
+                       labels=batch["labels"])
+        return losses, partial(self._eval_loss if evaluating else self._train_loss, batch["loss_mask"])
+
+    @staticmethod
+    def _train_loss(loss_mask, losses):
+        loss = (losses.float() * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+        # clone: the schedule divides the returned loss by the micro-batch count in place.
+        return loss, {"lm loss": loss.detach().clone()}
+
+    @staticmethod
+    def _eval_loss(loss_mask, losses):
+        total = (losses.float() * loss_mask).sum()
+        return total, {"sum": total.detach().double().clone(), "count": loss_mask.sum().double()}
+
+    def _run_schedule(self, microbatches: list[dict], *, forward_only: bool, mbs: int, evaluating: bool = False):
+        iterators = [iter(microbatches) for _ in self.model]
+        return self.forward_backward(
+            forward_step_func=partial(self._forward_step, evaluating=evaluating),
+            data_iterator=iterators if len(iterators) > 1 else iterators[0], model=self.model,
+            num_microbatches=len(microbatches), seq_length=self.seq_length, micro_batch_size=mbs,
+            forward_only=forward_only)
+
+    def _from_last_stage(self, value: torch.Tensor) -> torch.Tensor:
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            dist.broadcast(value, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                           group=parallel_state.get_pipeline_model_parallel_group())
+        return value
+
+    def _step_on(self, microbatches: list[dict], step: int) -> torch.Tensor:
+        self._lr = cosine_lr(self.init_step + step, base_lr=self.base_lr,
+                             min_lr=self.base_lr * self.cfg.optim.min_lr_ratio,
+                             warmup_steps=self.warmup_steps, decay_steps=self.decay_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr
+        for chunk in self.model:
+            chunk.train()
+        self.optimizer.zero_grad()
+        out = self._run_schedule(microbatches, forward_only=False, mbs=self.cfg.train.micro_batch_size)
+        self.optimizer.step()
+        loss = torch.zeros((), device=self.ctx.device)
+        if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and out:
+            loss = torch.stack([d["lm loss"] for d in out]).mean()
+        return self._from_last_stage(loss)
+
+    def train_step(self, step: int) -> torch.Tensor:
+        return self._step_on(self._train_microbatches(step), step)
+
+    def _eval_sums(self, microbatches: list[dict], mbs: int) -> torch.Tensor:
+        for chunk in self.model:
+            chunk.eval()
+        with torch.no_grad():
+            out = self._run_schedule(microbatches, forward_only=True, mbs=mbs, evaluating=True)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)
+        if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and out:
+            sums[0] = sum(d["sum"] for d in out)
+            sums[1] = sum(d["count"] for d in out)
+        return self._from_last_stage(sums)
+
+    def evaluate(self) -> float:
+        layout, data = self.ctx.layout, self.valid_data
+        mbs = self.cfg.train.eval_micro_batch_size or self.cfg.train.micro_batch_size
+        # DP rank r evaluates a contiguous share; every replica runs the same number of micro-batches
+        # (padded with fully masked samples), which the pipeline schedule needs within a replica.
+        per_rank = math.ceil(len(data) / layout.dp)
+        per_rank = math.ceil(per_rank / mbs) * mbs
+        mine = range(layout.dp_rank * per_rank, min((layout.dp_rank + 1) * per_rank, len(data)))
+        blank = dict(data[0], labels=np.full(self.seq_length, -1, dtype=np.int64))
+        samples = [data[i] for i in mine] + [blank] * (per_rank - len(mine))
+        microbatches = [self._collate(samples[i:i + mbs]) for i in range(0, per_rank, mbs)]
+        sums = self._eval_sums(microbatches, mbs)
+        if layout.dp > 1:
+            dist.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+        if int(sums[1]) != data.num_predicted_tokens:
+            raise RuntimeError(f"evaluated {int(sums[1])} tokens, expected all {data.num_predicted_tokens}")
+        return float(sums[0] / sums[1])
+
+    def warmup(self, steps: int) -> None:
+        """Untimed forward/backward and eval passes on random tokens. No optimizer step, so nothing needs
+        restoring: the weights and Adam moments stay as built (or as the checkpoint will load them)."""
+        mbs = self.cfg.train.micro_batch_size
+        for _ in range(steps):
+            for chunk in self.model:
+                chunk.train()
+            self.optimizer.zero_grad()
+            self._run_schedule(self._synthetic_microbatches(self.num_microbatches, mbs), forward_only=False, mbs=mbs)
+        if steps > 0:
+            self._eval_sums(self._synthetic_microbatches(max(1, self.ctx.layout.pp), mbs), mbs)
+        self.optimizer.zero_grad()
+
+    # -- data and blocks -------------------------------------------------------------------------------
+    def open_data(self) -> dict:
+        from pipelines.megatron_data.dataset import BlendedSamples, ValidationSamples
+        from pipelines.megatron_data.indexed import IndexedDataset
+
+        d, ctx = self.cfg.data, self.ctx
+        if not ctx.data_dir:
+            raise ValueError("gpt3 needs --data-dir (for the debug flavour: python -m runtime.synthesize gpt3 "
+                             "--flavour debug --out DIR)")
+        cache = d.index_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "mlperf-stack", "gpt3_index")
+        train = [IndexedDataset(os.path.join(ctx.data_dir, p)) for p in d.train_prefixes]
+        self.train_data = BlendedSamples(train, d.train_weights, self.total_steps * self.global_batch_size,
+                                         self.seq_length, ctx.seed, cache)
+        self.valid_data = ValidationSamples(IndexedDataset(os.path.join(ctx.data_dir, d.valid_prefix)),
+                                            self.seq_length)
+        if d.eval_tokens and self.valid_data.num_tokens != d.eval_tokens:
+            raise ValueError(f"{ctx.data_dir}/{d.valid_prefix}: {self.valid_data.num_tokens} validation tokens, the "
+                             f"config says data.eval_tokens={d.eval_tokens}")
+        return {"train_samples": len(self.train_data), "eval_samples": self.valid_data.num_tokens}
+
+    def blocks(self) -> list[Block]:
+        tokens_per_step = self.global_batch_size * self.seq_length
+        blocks, done = [], 0
+        while done < self.total_steps:
+            steps = min(self.eval_every_steps, self.total_steps - done)
+            first, count = done * tokens_per_step, steps * tokens_per_step
+            blocks.append(Block(steps=steps, start_metadata={"first_epoch_num": first, "epoch_count": count},
+                                stop_metadata={"first_epoch_num": first},
+                                eval_metadata={"epoch_num": first + count}))
+            done += steps
+        return blocks
+
+    def progress_fields(self) -> dict:
+        return {"lr": float(self._lr), "grad_norm": float(self.optimizer.last_grad_norm)}
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"layout": (self.ctx.layout.tp, self.ctx.layout.pp),
+                "model": [c.module.state_dict() for c in self.model], "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        layout = (self.ctx.layout.tp, self.ctx.layout.pp)
+        if layout != (1, 1) or tuple(state["layout"]) != layout:
+            # The loop's checkpoint is one rank-0 file; TP/PP shards need megatron's dist_checkpointing.
+            raise NotImplementedError(f"gpt3 resume supports tp=pp=1 only (checkpoint {state['layout']}, run {layout})")
+        for chunk, sd in zip(self.model, state["model"]):
+            chunk.module.load_state_dict(sd)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def close(self) -> None:
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+
+
+BENCHMARK = GPT3Benchmark

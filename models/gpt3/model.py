@@ -1,0 +1,150 @@
+"""GPT-3 as megatron-core builds it: a TransformerConfig, a layer spec, and one GPTModel per pipeline chunk.
+
+    config = transformer_config(cfg.model, cfg.train, tp=..., pp=..., cp=...)
+    chunks = build_model_chunks(cfg.model, config, pp_rank=..., pp=..., virtual_pp=...)
+
+The spec is Transformer Engine's when it imports (fused LayerNorm+GEMM, FP8, sequence parallel); otherwise
+megatron-core's local spec with our `kernels.layer_norm.FusedLayerNorm` in place of its torch LayerNorm
+wrapper (that wrapper refuses sequence parallel; ours marks its parameters so megatron all-reduces their
+gradients over the TP group, which is what sequence parallel needs of a norm).
+
+GPT-3 175B: 96 layers, d_model 12288, 96 heads, FFN 4x, sequence 2048, learned absolute positions,
+pre-LN (eps 1e-5), GeLU, dropout 0, init std 0.006 without the 1/sqrt(2L) output-layer scaling, no
+query-key layer scaling, embeddings tied to the output layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.enums import AttnBackend
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import (TransformerBlock, TransformerBlockSubmodules,
+                                                         get_num_layers_to_build)
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from kernels.layer_norm import FusedLayerNorm
+from models.gpt3.config import ModelConfig, TrainConfig
+
+
+def te_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # an installed TE without its CUDA libraries raises at import, not only ImportError
+        return False
+    return True
+
+
+class MegatronFusedLayerNorm(FusedLayerNorm):
+    """FusedLayerNorm with the constructor megatron-core's specs call: (config, hidden_size, eps)."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
+        super().__init__(hidden_size, eps=eps, device="cpu" if config.use_cpu_initialization else None,
+                         dtype=config.params_dtype)
+        for p in self.parameters():
+            # The replicated norm sees only its sequence shard under SP: megatron sums these grads over TP.
+            setattr(p, "sequence_parallel", config.sequence_parallel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+def layer_spec(model_cfg: ModelConfig, use_te: bool):
+    if use_te:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec()
+    if model_cfg.fused_norm:
+        spec.submodules.input_layernorm = MegatronFusedLayerNorm
+        spec.submodules.pre_mlp_layernorm = MegatronFusedLayerNorm
+    return spec
+
+
+def block_spec(model_cfg: ModelConfig, config: TransformerConfig, use_te: bool, vp_stage, pp_rank: int):
+    """The layer spec, or for the local spec with our norm a block spec whose final norm is ours too
+    (megatron would otherwise build its torch LayerNorm wrapper there, which refuses sequence parallel)."""
+    spec = layer_spec(model_cfg, use_te)
+    if use_te or not model_cfg.fused_norm:
+        return spec
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
+    return ModuleSpec(module=TransformerBlock, submodules=TransformerBlockSubmodules(
+        layer_specs=[spec] * layers, layer_norm=MegatronFusedLayerNorm))
+
+
+def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int, cp: int = 1,
+                       use_te: bool | None = None) -> TransformerConfig:
+    use_te = te_available() if use_te is None else use_te
+    on_cpu = not torch.cuda.is_available()
+    if m.precision not in ("fp32", "bf16", "fp8"):
+        raise ValueError(f"model.precision={m.precision!r}: expected fp32, bf16 or fp8")
+    if m.precision == "fp8" and not use_te:
+        raise ValueError("model.precision=fp8 needs Transformer Engine on a GPU; use bf16 or fp32 here")
+    if t.sequence_parallel and tp > 1 and not (use_te or m.fused_norm):
+        raise ValueError("train.sequence_parallel needs TE or model.fused_norm (megatron's torch norm refuses it)")
+    if t.recompute not in ("none", "selective", "full"):
+        raise ValueError(f"train.recompute={t.recompute!r}: expected none, selective or full")
+    bf16 = m.precision in ("bf16", "fp8")
+    vpp = t.virtual_pp if pp > 1 and t.virtual_pp > 1 else None
+    if vpp and m.num_layers % (pp * vpp):
+        raise ValueError(f"num_layers={m.num_layers} is not divisible by pp*virtual_pp={pp}*{vpp}")
+    if m.num_layers % pp:
+        raise ValueError(f"num_layers={m.num_layers} is not divisible by pp={pp}")
+    kwargs = dict(
+        num_layers=m.num_layers, hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
+        ffn_hidden_size=m.ffn_hidden_size, layernorm_epsilon=m.layernorm_epsilon,
+        init_method_std=m.init_method_std, hidden_dropout=0.0, attention_dropout=0.0,
+        apply_query_key_layer_scaling=False, apply_residual_connection_post_layernorm=False,
+        normalization="LayerNorm", gated_linear_unit=False, activation_func=torch.nn.functional.gelu,
+        add_bias_linear=True, bias_activation_fusion=False, bias_dropout_fusion=False,
+        masked_softmax_fusion=False, persist_layer_norm=False, gradient_accumulation_fusion=False,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp,
+        virtual_pipeline_model_parallel_size=vpp, sequence_parallel=t.sequence_parallel and tp > 1,
+        bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32, autocast_dtype=None,
+        use_cpu_initialization=on_cpu, perform_initialization=True,
+        # Batched p2p posts a stage's sends and receives in one fixed order; with pp=2 both neighbours are
+        # the same rank, and gloo pairs same-peer messages in posting order, so under interleaving an
+        # activation and a gradient swap places. The unbatched path orders ops by rank parity instead.
+        batch_p2p_comm=not on_cpu,
+        attention_backend=AttnBackend.auto if use_te else AttnBackend.local,
+        # No scaled init: GPT-3's reference uses std 0.006 for every layer, output projections included.
+        output_layer_init_method=None,
+    )
+    if t.recompute == "selective":
+        kwargs.update(recompute_granularity="selective")
+    elif t.recompute == "full":
+        kwargs.update(recompute_granularity="full", recompute_method="uniform",
+                      recompute_num_layers=t.recompute_num_layers)
+    if m.precision == "fp8":
+        kwargs.update(fp8="hybrid", fp8_amax_history_len=m.fp8_amax_history_len, fp8_amax_compute_algo="max")
+    if use_te and torch.cuda.is_available():
+        # TE's layers fuse bias+GeLU, bias+residual and the wgrad accumulation into fp32 main_grad.
+        kwargs.update(bias_activation_fusion=True, bias_dropout_fusion=True, gradient_accumulation_fusion=True)
+    config = TransformerConfig(**kwargs)
+    # Megatron scales the output-layer init by 1/sqrt(2*num_layers) unless told otherwise; GPT-3 does not.
+    config.output_layer_init_method = config.init_method
+    return config
+
+
+def build_model_chunks(m: ModelConfig, config: TransformerConfig, *, pp_rank: int, pp: int,
+                       use_te: bool | None = None) -> list[GPTModel]:
+    """The GPTModel chunks this pipeline rank holds (one, or virtual_pp interleaved ones)."""
+    use_te = te_available() if use_te is None else use_te
+    vpp = config.virtual_pipeline_model_parallel_size or 1
+    chunks = []
+    for vp_stage in range(vpp):
+        first = pp_rank == 0 and vp_stage == 0
+        last = pp_rank == pp - 1 and vp_stage == vpp - 1
+        spec = block_spec(m, config, use_te, vp_stage if vpp > 1 else None, pp_rank)
+        model = GPTModel(config=config, transformer_layer_spec=spec,
+                         vocab_size=m.padded_vocab_size(config.tensor_model_parallel_size),
+                         max_sequence_length=m.seq_length, pre_process=first, post_process=last,
+                         share_embeddings_and_output_weights=m.share_embeddings_and_output_weights,
+                         position_embedding_type="learned_absolute", parallel_output=True,
+                         vp_stage=vp_stage if vpp > 1 else None)
+        chunks.append(model)
+    return chunks

@@ -1,0 +1,97 @@
+"""GPT-3 debug runs on gloo: TP=2, PP=2 and DP=2 each match the one-process losses; the run to target."""
+
+import re
+import subprocess
+
+import pytest
+from conftest import REPO, compliance, read_metrics, spawn_ranks, train_command
+
+from runtime.loop import EXIT_NOT_CONVERGED
+
+STEPS = 3
+COMMON = ["--seed", "11", "run.log_every_steps=1", f"run.max_steps={STEPS}", "run.warmup_steps=0",
+          "train.max_samples=160"]
+
+
+@pytest.fixture(scope="module")
+def gpt3_debug_data(tmp_path_factory):
+    from runtime.synthesize import synthesize
+
+    out = tmp_path_factory.mktemp("gpt3_debug_data")
+    synthesize("gpt3", "debug", str(out))
+    return out
+
+
+def _losses(run_dir):
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir) if "loss" in m}
+
+
+@pytest.fixture(scope="module")
+def single_process(gpt3_debug_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("gpt3_single")
+    r = subprocess.run(train_command("gpt3", gpt3_debug_data, run_dir, *COMMON, "data.index_cache_dir=" + str(run_dir)),
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == EXIT_NOT_CONVERGED, r.stdout[-2000:] + r.stderr[-3000:]
+    losses = _losses(run_dir)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert losses[STEPS] < losses[1]  # it trained
+    return losses
+
+
+@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.tp=2", "train.sequence_parallel=true"],
+                                    ["parallel.pp=2"], ["parallel.pp=2", "train.virtual_pp=2"], []],
+                         ids=["tp2", "tp2_sp", "pp2", "pp2_interleaved", "dp2"])
+def test_two_rank_layout_matches_one_process(gpt3_debug_data, single_process, tmp_path, layout):
+    """Same global batch, same initial weights (keyed by global parameter name), same sample order: the
+    layouts differ only in float summation order (TP splits GEMMs and the vocab softmax, SP shards the
+    norms' sequence and sums their grads over TP, PP sends activations (interleaved: 1 layer per chunk,
+    2 chunks per rank), DP averages gradients)."""
+    procs = spawn_ranks(2, train_command("gpt3", gpt3_debug_data, tmp_path, *COMMON, *layout,
+                                         "data.index_cache_dir=" + str(tmp_path)))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [EXIT_NOT_CONVERGED] * 2, outs[0][-3000:] + outs[1][-3000:]
+    losses = _losses(tmp_path)
+    assert sorted(losses) == sorted(single_process)
+    for step, loss in single_process.items():
+        assert losses[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), (step, single_process, losses)
+
+
+# closed_gpt3.yaml pins the real model's sequence length (2048) and learning rates (2e-5/3e-5); a model
+# that CPU cores train to the target in minutes cannot have either, so these two rules, and only these,
+# are expected to fail on the debug log.
+DEBUG_ONLY_FAILURES = {"max_sequence_length", "opt_base_learning_rate"}
+
+
+@pytest.mark.slow
+def test_debug_run_reaches_its_target_with_a_compliant_log(gpt3_debug_data, tmp_path):
+    r = subprocess.run(train_command("gpt3", gpt3_debug_data, tmp_path, "data.index_cache_dir=" + str(tmp_path)),
+                       capture_output=True, text=True, cwd=REPO, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"^RESULT,gpt3,(\d+),([\d.]+),success,", r.stdout, re.M), r.stdout[-2000:]
+    evals = [m["eval"] for m in read_metrics(tmp_path) if "eval" in m]
+    assert 2.6 < evals[-1] <= 2.69 and all(e > 2.69 for e in evals[:-1]), evals
+    ok, report = compliance(tmp_path / "mlperf_log.txt")
+    failed = set(re.findall(r"CHECK for '(\w+)' failed", report))
+    assert failed == DEBUG_ONLY_FAILURES, report
+    # Nothing else: no missing or repeated key, no failed at-least-one check (eval_accuracy in (2.6, 2.69]).
+    other = [line for line in report.splitlines() if re.search(r"fail|missing|not found|exactly one", line, re.I)
+             and not re.search(r"CHECK for '(max_sequence_length|opt_base_learning_rate)'|failed test:|ERROR - FAILED",
+                               line)]
+    assert not other, report
+
+
+def test_resume_gives_the_same_next_losses(gpt3_debug_data, single_process, tmp_path):
+    """One process (the loop's rank-0 checkpoint; TP/PP shards would need dist_checkpointing): the step
+    counter, LR schedule, Adam moments and sample order all continue."""
+    ck = tmp_path / "ck"
+    common = [a for a in COMMON if not a.startswith("run.max_steps")]
+    for name, steps in (("first", 1), ("resumed", STEPS)):
+        r = subprocess.run(train_command("gpt3", gpt3_debug_data, tmp_path / name, *common, f"run.max_steps={steps}",
+                                         f"run.checkpoint_dir={ck}", "data.index_cache_dir=" + str(tmp_path)),
+                           capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert r.returncode == EXIT_NOT_CONVERGED, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "resumed from" in r.stdout
+    resumed = _losses(tmp_path / "resumed")
+    assert sorted(resumed) == list(range(2, STEPS + 1))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(single_process[step], rel=1e-6), (step, resumed, single_process)

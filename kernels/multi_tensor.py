@@ -255,7 +255,9 @@ class FlatOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for flat in self._flats:
             for name in self.state_names:
-                flat.state(name, self.state_fill)
+                # Reset first: a parameter the saved state has no entry for (e.g. a state saved before the
+                # first step, restored after a warm-up) must start again from the fill value, not keep ours.
+                flat.state(name, self.state_fill).fill_(self.state_fill)
             for i, p in enumerate(flat.params):
                 entry = saved.get(ids[position[id(p)]], {})
                 for name in self.state_names:

@@ -201,3 +201,30 @@ def test_fused_lars_drops_into_the_resnet_benchmark_setup():
         models.append(model)
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("name", ["lars", "adamw", "lamb"])
+def test_restoring_a_state_saved_before_the_first_step_resets_the_moments(name):
+    """A warm-up restores the state saved before it: the moments its steps built must not survive."""
+    make = {"lars": lambda p: FusedLARS(_lars_groups(p), **LARS_ARGS),
+            "adamw": lambda p: FusedAdamW(p, lr=1e-2, weight_decay=0.1),
+            "lamb": lambda p: FusedLAMB(p, lr=1e-2, weight_decay=0.01)}[name]
+    fresh_params, _ = _train(make, torch.float32, steps=2)
+    params = _params(torch.float32)
+    optimizer = make(params)
+    saved_weights = [p.detach().clone() for p in params]
+    saved = copy.deepcopy(optimizer.state_dict())
+    for step in range(3):  # the "warm-up"
+        for p, g in zip(params, _grads(10 + step)):
+            p.grad = g.to(DEVICE, p.dtype)
+        optimizer.step()
+    with torch.no_grad():
+        for p, w in zip(params, saved_weights):
+            p.copy_(w)
+    optimizer.load_state_dict(saved)
+    for step in range(2):
+        for p, g in zip(params, _grads(step)):
+            p.grad = g.to(DEVICE, p.dtype)
+        optimizer.step()
+    for got, want in zip(params, fresh_params):
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-6, atol=1e-7)

@@ -20,6 +20,7 @@ from runtime.parallel import ParallelLayout
 # Log name -> package. Each package has `config.py` (FLAVOURS) and `benchmark.py` (BENCHMARK class).
 BENCHMARKS = {
     "resnet": "models.resnet",
+    "bert": "models.bert",
     "gpt3": "models.gpt3",
 }
 
@@ -58,6 +59,9 @@ class Benchmark(abc.ABC):
     name: str  # MLPerf log name, e.g. "resnet"
     metric_name: str = "accuracy"
     higher_is_better: bool = True
+    # BERT logs `train_samples` as the samples trained, just before run_stop (the RCP checker's
+    # --bert_train_samples mode reads it); everyone else logs the dataset size when the data opens.
+    train_samples_at_stop: bool = False
 
     def __init__(self, cfg, ctx: RunContext):
         self.cfg = cfg

@@ -118,7 +118,8 @@ class RunLoop:
         self.t_start_ms = now_ms()
 
         sizes = bench.open_data()
-        log.event(constants.TRAIN_SAMPLES, sizes["train_samples"])
+        if not bench.train_samples_at_stop:
+            log.event(constants.TRAIN_SAMPLES, sizes["train_samples"])
         log.event(constants.EVAL_SAMPLES, sizes["eval_samples"])
         blocks = bench.blocks()
         total_steps = sum(b.steps for b in blocks)
@@ -214,7 +215,9 @@ class RunLoop:
         self.profiler.stop()
         self.preemption.uninstall()
         _barrier(self.ctx)
+        samples = self.state.global_step * self.bench.global_batch_size
+        if self.bench.train_samples_at_stop:
+            self.ctx.log.event(constants.TRAIN_SAMPLES, samples)
         self.ctx.log.end(constants.RUN_STOP, metadata={"status": status})
         seconds = time.time() - t_start
-        samples = self.state.global_step * self.bench.global_batch_size
         return RunResult(status, reason, seconds, samples, list(self.state.evals), exit_code)

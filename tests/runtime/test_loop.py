@@ -134,3 +134,15 @@ def test_resume_continues_with_the_same_next_loss(tmp_path):
     for step in range(7, 13):
         assert resumed.losses[step] == full_bench.losses[step]
     assert [v for _, v in second.evals] == [v for _, v in full.evals]
+
+
+def test_train_samples_can_be_logged_at_stop_as_samples_trained(tmp_path, monkeypatch):
+    monkeypatch.setattr(Toy, "train_samples_at_stop", True)
+    result, _, log = _run(tmp_path, RunConfig(target=0.8, log_every_steps=5))
+    events = _events(log)
+    keys = [e["key"] for e in events]
+    assert keys.count("train_samples") == 1
+    assert keys.index("train_samples") == keys.index("run_stop") - 1
+    assert events[keys.index("train_samples")]["value"] == result.samples == 20 * 8
+    ok, out = compliance(log)
+    assert ok, out

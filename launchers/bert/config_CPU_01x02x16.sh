@@ -1,0 +1,25 @@
+# The BERT debug flavour on one CPU node: 2 tasks (the "GPUs") x 16 sequences = GBS 32, synthetic data.
+#   source launchers/bert/config_CPU_01x02x16.sh
+#   python -m runtime.synthesize bert --flavour debug --out data/bert_debug
+#   DATADIR=$PWD/data/bert_debug LOGDIR=$PWD/results sbatch -N $DGXNNODES -t $WALLTIME launchers/bert.sub
+# With CONT unset, run.sub runs on the host with the repository's .venv.
+
+## DL params
+export BENCHMARK=${BENCHMARK:-bert}
+export FLAVOUR=${FLAVOUR:-debug}
+export EXTRA_ARGS=${EXTRA_ARGS:-}
+
+## System run params
+export DGXNNODES=${DGXNNODES:-1}
+DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
+export DGXSYSTEM=${DGXSYSTEM#config_}
+# Minutes per run: the debug run reaches its target in under 30 s on 2 idle cores; shared machines are slower.
+export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-10}
+export WALLTIME=$(( ${NEXP:-1} * WALLTIME_RUNANDTIME + 5 ))
+
+## System config params
+export DGXNGPU=${DGXNGPU:-2}                 # processes per node; no GPUs behind them
+export DGXSOCKETCORES=${DGXSOCKETCORES:-2}
+export DGXNSOCKET=${DGXNSOCKET:-1}
+export DGXHT=${DGXHT:-1}
+export NCCL_TEST=${NCCL_TEST:-0}             # nothing to measure without GPUs

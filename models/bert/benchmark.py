@@ -23,7 +23,8 @@ from kernels.lamb_ref import lamb_param_groups
 from kernels.optimizers import FusedLAMB
 from models.bert.config import BertConfig
 from models.bert.model import build_bert, fp8_modules, mlm_correct_and_total, pretraining_loss
-from models.bert.parallelize import parallelize, unwrap
+from models.bert.parallelize import parallelize
+from runtime.data_parallel import unwrap
 from models.bert.state_dict_adapter import load_checkpoint, load_into
 from pipelines.bert.format import BertFormatError
 from pipelines.bert.loader import EvalBatches, TrainBatches

@@ -20,7 +20,8 @@ from models.resnet.config import ResNetConfig
 from kernels.optimizers import FusedLARS
 from models.resnet.lars import poly_decay_steps, poly_warmup_lr
 from models.resnet.model import build_resnet, lars_param_groups
-from models.resnet.parallelize import parallelize, unwrap
+from models.resnet.parallelize import parallelize
+from runtime.data_parallel import unwrap
 from runtime.benchmark import Benchmark, Block, RunContext
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

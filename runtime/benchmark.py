@@ -22,6 +22,7 @@ BENCHMARKS = {
     "resnet": "models.resnet",
     "bert": "models.bert",
     "gpt3": "models.gpt3",
+    "dlrm_dcnv2": "models.dlrm_dcnv2",
 }
 
 

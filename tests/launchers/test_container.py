@@ -69,6 +69,8 @@ def test_dockerfile_installs_exactly_the_pyproject_pins():
 def test_dockerfile_has_every_pip_install_pinned():
     # An unpinned `pip install foo` in the image would float, whatever pyproject says.
     for instruction in dockerfile_instructions(DOCKERFILE.read_text()):
+        if instruction.upper().startswith("RUN ") and "-r /tmp/nodeps.txt" in instruction:
+            continue  # the --no-deps list: checked line by line below
         if instruction.upper().startswith("RUN ") and "pip install" in instruction:
             packages = [t for t in shlex.split(instruction[4:])
                         if not t.startswith("-") and t not in ("python", "python3", "pip", "install")]
@@ -93,3 +95,12 @@ def test_the_parser_sees_a_changed_pin():
     edited = dockerfile_pins(text.replace('"numpy==', '"numpy==0.0.0.dev0+', 1))
     assert edited["numpy"].startswith("0.0.0.dev0+")
     assert len(edited) == len(dockerfile_pins(text)) == len(pyproject_pins())
+
+
+def test_the_no_deps_list_is_pinned_and_installed_by_the_image():
+    lines = [line.strip() for line in (REPO / "requirements-nodeps.txt").read_text().splitlines()]
+    packages = [line for line in lines if line and not line.startswith("#")]
+    assert packages and all(PIN.match(p) for p in packages), packages
+    assert "torchrec" in {normalize(PIN.match(p)[1]) for p in packages}
+    text = DOCKERFILE.read_text()
+    assert "COPY requirements-nodeps.txt" in text and "pip install --no-deps -r /tmp/nodeps.txt" in text

@@ -1,0 +1,26 @@
+# DLRMv2 (DCNv2) on one DGX H100: 8 GPUs x 6912 samples = GBS 55296, an RCP point (0.762 epochs at lr 0.004),
+# NVIDIA's v4.0 single-node batch; eval batch 262144 (models/dlrm_dcnv2/config.py, flavour dgxh100_1x8).
+#   source launchers/dlrm_dcnv2/config_DGXH100_01x08x6912.sh
+#   CONT=<image> DATADIR=/lustre/criteo_multihot LOGDIR=$PWD/results sbatch -N $DGXNNODES -t $WALLTIME launchers/dlrm_dcnv2.sub
+# Every value is a default: set it in the environment before sourcing to change it.
+
+## DL params: the typed recipe (models/dlrm_dcnv2/config.py), never a flag string
+export BENCHMARK=${BENCHMARK:-dlrm_dcnv2}
+export FLAVOUR=${FLAVOUR:-dgxh100_1x8}
+export EXTRA_ARGS=${EXTRA_ARGS:-}          # dotted overrides for experiments, e.g. "train.precision=bf16"
+
+## System run params
+export DGXNNODES=${DGXNNODES:-1}
+DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
+export DGXSYSTEM=${DGXSYSTEM#config_}
+# Minutes per run: NVIDIA's HugeCTR needs 3.9 timed on 8 H100; this torchrec path is unmeasured on GPUs, so
+# allow 20 timed (one epoch is the budget) + the untimed init (sharding plan, table init, warm-up) + slack.
+export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-30}
+# Margin: container import on the node, per-run cache drop and compliance check.
+export WALLTIME=$(( ${NEXP:-1} * WALLTIME_RUNANDTIME + 10 ))
+
+## System config params
+export DGXNGPU=${DGXNGPU:-8}
+export DGXSOCKETCORES=${DGXSOCKETCORES:-56}
+export DGXNSOCKET=${DGXNSOCKET:-2}
+export DGXHT=${DGXHT:-2}                     # hyperthreads per core

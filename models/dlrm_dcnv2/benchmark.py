@@ -1,0 +1,276 @@
+"""DLRMv2 (DCNv2) on multi-hot Criteo: what the run loop needs (build, warm-up, data, train step, eval, keys).
+
+The unit of progress is the fraction of the one training epoch: 20 blocks of floor(train / (GBS * 20))
+steps, an exact AUROC over all validation samples after each, `eval_accuracy.epoch_num` = steps done /
+steps per epoch (0.05, 0.10, ...: what the RCP checker reads). A remainder of steps past the 20th block is
+a last block ending at the epoch (1.0). The learning rate is constant (closed rules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from mlperf_logging.mllog import constants
+
+from models.dlrm_dcnv2.auroc import binary_auroc
+from models.dlrm_dcnv2.config import DLRMConfig
+from models.dlrm_dcnv2.model import build_dlrm
+from models.dlrm_dcnv2.parallelize import parallelize, reset_optimizer_state, set_learning_rate, unwrap
+from pipelines.criteo.format import NUM_DENSE, sparse_feature_names
+from runtime.benchmark import Benchmark, Block, RunContext
+
+_AUTOCAST = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
+
+
+def write_synthetic_data(cfg: DLRMConfig, out_dir: str) -> None:
+    from pipelines.criteo.synthetic import write_synthetic_criteo
+
+    d = cfg.data
+    if d.synthetic_rows_per_day <= 0:
+        raise ValueError("this flavour has no synthetic data size (data.synthetic_rows_per_day); use the debug "
+                         "flavour or set data.synthetic_rows_per_day=N")
+    info = write_synthetic_criteo(out_dir, days=d.days, rows_per_day=d.synthetic_rows_per_day,
+                                  table_rows=cfg.model.table_rows, multi_hot_sizes=cfg.model.multi_hot_sizes,
+                                  seed=d.synthetic_seed)
+    print(f"planted model's validation AUROC: {info['planted_model_validation_auroc']:.4f} "
+          f"(the most any model can reach; target {cfg.run.target})")
+
+
+class DLRMBenchmark(Benchmark):
+    name = "dlrm_dcnv2"
+    metric_name = "auroc"
+
+    def __init__(self, cfg: DLRMConfig, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        cfg.optim.check()
+        t, world = cfg.train, ctx.launch.world_size
+        for key in ("global_batch_size", "eval_batch_size"):
+            if getattr(t, key) % world:
+                raise ValueError(f"train.{key}={getattr(t, key)} is not divisible by the {world} ranks")
+        if t.precision not in _AUTOCAST:
+            raise ValueError(f"train.precision={t.precision!r}: expected one of {', '.join(_AUTOCAST)}")
+        self.local_batch = t.global_batch_size // world
+        self.local_eval_batch = t.eval_batch_size // world
+        self.steps_per_epoch = cfg.data.train_samples // t.global_batch_size  # last partial batch dropped
+        self.steps_per_eval = cfg.data.train_samples // (t.global_batch_size * t.evals_per_epoch)
+        if self.steps_per_eval < 1:
+            raise ValueError(f"data.train_samples={cfg.data.train_samples} is less than {t.evals_per_epoch} global "
+                             f"batches of {t.global_batch_size}")
+        if ctx.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = t.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = t.precision == "tf32"
+        self.autocast_dtype = _AUTOCAST[t.precision]
+
+        o, s = cfg.optim, cfg.sharding
+        model = build_dlrm(cfg.model, sparse_device="meta", dense_device=ctx.device)
+        self.model = parallelize(model, ctx.layout, ctx.device, local_world_size=ctx.launch.local_world_size,
+                                 local_batch=self.local_batch, lr=o.base_lr, eps=o.eps,
+                                 device_memory_gib=s.device_memory_gib, host_memory_gib=s.host_memory_gib,
+                                 reserve_fraction=s.reserve_fraction, seed=ctx.seed)
+        from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+        dense = [p for _, p in in_backward_optimizer_filter(self.model.named_parameters())]
+        self.dense_optimizer = torch.optim.Adagrad(dense, lr=o.base_lr, lr_decay=o.lr_decay,
+                                                   weight_decay=o.weight_decay, eps=o.eps,
+                                                   initial_accumulator_value=o.initial_accumulator_value)
+        self.train_reader = self.eval_reader = None
+        self._train_iter, self._next_step = None, -1
+        self._eval_cache: list | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.cfg.train.global_batch_size
+
+    # -- logging -----------------------------------------------------------------------------------------
+    def log_hyperparameters(self) -> None:
+        log, o = self.ctx.log, self.cfg.optim
+        log.event(constants.GLOBAL_BATCH_SIZE, self.global_batch_size)
+        log.event(constants.GRADIENT_ACCUMULATION_STEPS, 1)
+        log.event(constants.OPT_NAME, constants.ADAGRAD)
+        log.event(constants.OPT_BASE_LR, o.base_lr)
+        log.event(constants.OPT_ADAGRAD_LR_DECAY, o.lr_decay)
+        log.event(constants.OPT_WEIGHT_DECAY, o.weight_decay)
+        log.event(constants.OPT_ADAGRAD_INITIAL_ACCUMULATOR_VALUE, o.initial_accumulator_value)
+        log.event(constants.OPT_ADAGRAD_EPSILON, o.eps)
+        log.event(constants.OPT_LR_WARMUP_STEPS, o.warmup_steps)
+        log.event(constants.OPT_LR_DECAY_START_STEP, o.decay_start_step)
+        log.event(constants.OPT_LR_DECAY_STEPS, o.decay_steps)
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+
+    def _step_on(self, batch) -> torch.Tensor:
+        batch = batch.to(self.ctx.device, non_blocking=True)
+        with self._autocast():
+            logits = self.model(batch.dense, batch.sparse)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.labels)
+        self.dense_optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # the embedding tables' Adagrad runs in here
+        self.dense_optimizer.step()
+        return loss.detach()
+
+    def train_step(self, step: int) -> torch.Tensor:
+        if self._train_iter is None or step != self._next_step:  # first step, or resumed mid-epoch
+            self._close_train_iter()
+            from pipelines.criteo.loader import Prefetcher, TrainBatches
+
+            batches = TrainBatches(self.train_reader, self.global_batch_size, self.ctx.launch.rank,
+                                   self.ctx.launch.world_size, self.steps_per_epoch, start_step=step)
+            self._train_iter = Prefetcher(batches, self.cfg.data.prefetch) if self.cfg.data.prefetch else iter(batches)
+        self._next_step = step + 1
+        return self._step_on(next(self._train_iter))
+
+    def _random_batch(self, batch: int, generator: torch.Generator):
+        from torchrec import KeyedJaggedTensor
+
+        from pipelines.criteo.loader import CriteoBatch
+
+        m = self.cfg.model
+        values = torch.cat([torch.randint(0, rows, (batch * size,), generator=generator, dtype=torch.int32)
+                            for rows, size in zip(m.table_rows, m.multi_hot_sizes)])
+        lengths = torch.tensor(m.multi_hot_sizes, dtype=torch.int32).repeat_interleave(batch)
+        sparse = KeyedJaggedTensor(keys=sparse_feature_names(m.num_tables), values=values, lengths=lengths,
+                                   stride=batch)
+        return CriteoBatch(torch.rand(batch, NUM_DENSE, generator=generator), sparse,
+                           torch.randint(0, 2, (batch,), generator=generator).float(), batch)
+
+    def warmup(self, steps: int) -> None:
+        """Train and eval steps on random batches at learning rate 0, then Adagrad's state back to zero: the
+        weights never move (lr 0 updates are exact no-ops), and nothing of the size of the tables is copied."""
+        if steps <= 0:
+            return
+        g = torch.Generator().manual_seed(0)
+        set_learning_rate(self.model, self.dense_optimizer, 0.0)
+        for _ in range(steps):
+            self._step_on(self._random_batch(self.local_batch, g))
+        self._forward_scores(self._random_batch(self.local_eval_batch, g))
+        set_learning_rate(self.model, self.dense_optimizer, self.cfg.optim.base_lr)
+        reset_optimizer_state(self.model, self.dense_optimizer)
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward_scores(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.eval()
+        try:
+            batch = batch.to(self.ctx.device, non_blocking=True)
+            with self._autocast():
+                logits = self.model(batch.dense, batch.sparse)
+            # Scored as the reference does (torchmetrics on sigmoid outputs): float32 sigmoid ties matter.
+            return torch.sigmoid(logits.float()), batch.labels
+        finally:
+            self.model.train()
+
+    def _eval_batches(self):
+        if self._eval_cache is not None:
+            return self._eval_cache
+        from pipelines.criteo.loader import EvalBatches, Prefetcher
+
+        batches = EvalBatches(self.eval_reader, self.local_eval_batch, self.ctx.launch.rank,
+                              self.ctx.launch.world_size)
+        source = Prefetcher(batches, self.cfg.data.prefetch) if self.cfg.data.prefetch else iter(batches)
+        if not self.cfg.data.cache_eval:
+            return source
+        self._eval_cache = [b.to(self.ctx.device, non_blocking=True) for b in source]
+        return self._eval_cache
+
+    def evaluate(self) -> float:
+        """AUROC over every validation sample: each rank scores its share, rank 0 sorts them all."""
+        scores, labels = [], []
+        for batch in self._eval_batches():
+            s, y = self._forward_scores(batch)
+            scores.append(s)
+            labels.append(y)
+        # [score, label] rows; padding rows are cut after the gather (they sit at the tail of the last rank)
+        local = torch.stack([torch.cat(scores), torch.cat(labels)], dim=1)
+        world, n = self.ctx.launch.world_size, len(self.eval_reader)
+        if world > 1:
+            gathered = [torch.empty_like(local) for _ in range(world)] if self.ctx.is_main else None
+            dist.gather(local, gathered, dst=0)
+            local = torch.cat(gathered) if self.ctx.is_main else local
+        value = torch.zeros(1, dtype=torch.float64, device=self.ctx.device)
+        if self.ctx.is_main:
+            if local.shape[0] < n:
+                raise RuntimeError(f"scored {local.shape[0]} validation samples, expected {n}")
+            value[0] = binary_auroc(local[:n, 0], local[:n, 1])  # on the device (torch.sort path on GPU)
+        if world > 1:
+            dist.broadcast(value, src=0)
+        return float(value.item())
+
+    # -- data and blocks -------------------------------------------------------------------------------
+    def open_data(self) -> dict:
+        from pipelines.criteo.format import open_day
+        from pipelines.criteo.loader import CriteoReader
+
+        d, ctx, m = self.cfg.data, self.ctx, self.cfg.model
+        if not ctx.data_dir:
+            raise ValueError("dlrm_dcnv2 needs --data-dir (for the debug flavour: python -m runtime.synthesize "
+                             "dlrm_dcnv2 --flavour debug --out DIR)")
+        days = [open_day(ctx.data_dir, day, m.multi_hot_sizes) for day in range(d.days)]
+        pin = ctx.device.type == "cuda"
+        self.train_reader = CriteoReader(days[:-1], m.table_rows, m.multi_hot_sizes, pin_memory=pin)
+        validation = days[-1]
+        self.eval_reader = CriteoReader([validation], m.table_rows, m.multi_hot_sizes, 0,
+                                        math.ceil(validation.rows / 2), pin_memory=pin)
+        found = {"train_samples": len(self.train_reader), "eval_samples": len(self.eval_reader)}
+        for key, n in found.items():
+            if n != getattr(d, key):
+                raise ValueError(f"{ctx.data_dir}: holds {n} {key.split('_')[0]} samples, the config says "
+                                 f"data.{key}={getattr(d, key)}")
+        return found
+
+    def _epoch_fraction(self, steps: int) -> float:
+        return round(steps / self.steps_per_epoch, 6)
+
+    def blocks(self) -> list[Block]:
+        ends = [k * self.steps_per_eval for k in range(1, self.cfg.train.evals_per_epoch + 1)]
+        if ends[-1] < self.steps_per_epoch:
+            ends.append(self.steps_per_epoch)  # the epoch's tail, evaluated at its end
+        blocks, first = [], 0
+        for last in ends:
+            samples = first * self.global_batch_size
+            blocks.append(Block(steps=last - first, start_metadata={"samples_count": samples},
+                                stop_metadata={"samples_count": samples},
+                                eval_metadata={"epoch_num": self._epoch_fraction(last)}))
+            first = last
+        return blocks
+
+    def progress_fields(self) -> dict:
+        return {"lr": float(self.dense_optimizer.param_groups[0]["lr"])}
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def _embedding_optimizers(self) -> dict:
+        return {name: p._in_backward_optimizers[0] for name, p in unwrap(self.model).embeddings.named_parameters()}
+
+    def state_dict(self) -> dict:
+        if self.ctx.launch.world_size > 1:
+            # The loop saves rank 0's state into one file; sharded tables need torch.distributed.checkpoint.
+            raise NotImplementedError("dlrm_dcnv2 checkpoints are single-rank only (sharded tables would need "
+                                      "torch.distributed.checkpoint); run without run.checkpoint_dir")
+        return {"model": self.model.state_dict(), "dense_optimizer": self.dense_optimizer.state_dict(),
+                "embedding_optimizers": {k: o.state_dict() for k, o in self._embedding_optimizers().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ctx.launch.world_size > 1:
+            raise NotImplementedError("dlrm_dcnv2 checkpoints are single-rank only")
+        self.model.load_state_dict(state["model"])
+        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        for name, opt in self._embedding_optimizers().items():
+            opt.load_state_dict(state["embedding_optimizers"][name])
+
+    def _close_train_iter(self) -> None:
+        if self._train_iter is not None and hasattr(self._train_iter, "close"):
+            self._train_iter.close()
+        self._train_iter = None
+
+    def close(self) -> None:
+        self._close_train_iter()
+
+
+BENCHMARK = DLRMBenchmark

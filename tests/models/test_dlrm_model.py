@@ -1,0 +1,197 @@
+"""DLRM-DCNv2: forward against torchrec's own DLRM_DCN with the same weights, the full size on meta and its
+sharding plan, the exact AUROC against scikit-learn and torchmetrics, configs and the eval cadence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+
+from models.dlrm_dcnv2 import state_dict_adapter
+from models.dlrm_dcnv2.auroc import _auroc_packed, _auroc_torch, binary_auroc
+from models.dlrm_dcnv2.config import FLAVOURS, debug, dgxh100_1x8, dgxh100_8x8
+from models.dlrm_dcnv2.model import (DLRMModelConfig, build_dlrm, materialize_embeddings, parameter_count,
+                                     table_name)
+from pipelines.criteo.format import MULTI_HOT_SIZES, TABLE_ROWS, sparse_feature_names
+
+# Small but awkward: uneven rows, a table of one row, bags of 1..5 ids, non-power-of-two widths.
+SMALL = DLRMModelConfig(embedding_dim=6, table_rows=(7, 1, 13, 5), multi_hot_sizes=(3, 1, 5, 2),
+                        bottom_mlp=(11, 6), top_mlp=(9, 5, 1), dcn_layers=3, dcn_low_rank=4)
+
+
+def random_kjt(cfg: DLRMModelConfig, batch: int, generator: torch.Generator) -> KeyedJaggedTensor:
+    values = torch.cat([torch.randint(0, rows, (batch * size,), generator=generator)
+                        for rows, size in zip(cfg.table_rows, cfg.multi_hot_sizes)])
+    lengths = torch.tensor(cfg.multi_hot_sizes).repeat_interleave(batch)
+    return KeyedJaggedTensor(keys=sparse_feature_names(cfg.num_tables), values=values, lengths=lengths, stride=batch)
+
+
+def torchrec_reference(cfg: DLRMModelConfig):
+    from torchrec.models.dlrm import DLRM_DCN
+
+    tables = [EmbeddingBagConfig(name=table_name(k), embedding_dim=cfg.embedding_dim, num_embeddings=rows,
+                                 feature_names=[f"cat_{k}"]) for k, rows in enumerate(cfg.table_rows)]
+    return DLRM_DCN(EmbeddingBagCollection(tables=tables), dense_in_features=13,
+                    dense_arch_layer_sizes=list(cfg.bottom_mlp), over_arch_layer_sizes=list(cfg.top_mlp),
+                    dcn_num_layers=cfg.dcn_layers, dcn_low_rank_dim=cfg.dcn_low_rank)
+
+
+def test_forward_and_gradients_match_torchrec_dlrm_dcn():
+    torch.manual_seed(0)
+    ours = build_dlrm(SMALL)
+    materialize_embeddings(ours, torch.device("cpu"))
+    with torch.no_grad():  # non-zero cross biases, so a bias mapped to the wrong place shows
+        for p in ours.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    reference = torchrec_reference(SMALL)
+    reference.load_state_dict(state_dict_adapter.to_torchrec(ours.state_dict(), SMALL), strict=True)
+    g = torch.Generator().manual_seed(1)
+    dense, sparse = torch.rand(5, 13, generator=g) * 4, random_kjt(SMALL, 5, g)
+    labels = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    ours_logits = ours(dense, sparse)
+    ref_logits = reference(dense, sparse).squeeze(-1)
+    torch.testing.assert_close(ours_logits, ref_logits, rtol=1e-5, atol=1e-6)
+    for model, logits in ((ours, ours_logits), (reference, ref_logits)):
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
+    ref_grads = {k: p.grad for k, p in reference.named_parameters()}
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[state_dict_adapter._ours_to_torchrec_name(name, 3)],
+                                   rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_state_dict_round_trip_through_torchrec_names():
+    ours = build_dlrm(SMALL)
+    materialize_embeddings(ours, torch.device("cpu"))
+    state = ours.state_dict()
+    back = state_dict_adapter.from_torchrec(state_dict_adapter.to_torchrec(state, SMALL), SMALL, state.keys())
+    assert back.keys() == state.keys() and all(back[k] is state[k] for k in state)
+    with pytest.raises(KeyError, match="missing"):
+        state_dict_adapter.from_torchrec({}, SMALL, state.keys())
+
+
+def test_full_size_model_is_26b_parameters_and_built_on_meta_only():
+    counts = parameter_count(DLRMModelConfig())
+    assert counts["embedding"] == sum(TABLE_ROWS) * 128 == 26_135_627_264  # 97.4 GiB in fp32
+    # bottom 13-512-256-128, 3 cross layers (3456x512 twice + bias), top 3456-1024-1024-512-256-1
+    bottom = (13 * 512 + 512) + (512 * 256 + 256) + (256 * 128 + 128)
+    cross = 3 * (2 * 3456 * 512 + 3456)
+    top = (3456 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 512 + 512) + (512 * 256 + 256) + (256 + 1)
+    assert counts["dense"] == bottom + cross + top
+    model = build_dlrm(DLRMModelConfig(), dense_device="meta")
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_full_size_sharding_plan_for_8_h100_on_meta():
+    """The planner places all 26 full-size tables (with Adagrad state) on 8 x 80 GB without allocating them."""
+    from torch.distributed.optim import _apply_optimizer_in_backward
+
+    from models.dlrm_dcnv2.parallelize import embedding_optimizer_kwargs, sharding_plan
+
+    cfg = dgxh100_1x8()
+    model = build_dlrm(cfg.model, dense_device="meta")
+    _apply_optimizer_in_backward(torch.optim.Adagrad, model.embeddings.parameters(),
+                                 embedding_optimizer_kwargs(0.004, 1e-8))
+    plan, _ = sharding_plan(model, world_size=8, local_world_size=8, compute_device="cuda",
+                            local_batch=cfg.train.global_batch_size // 8, device_memory_gib=80.0,
+                            host_memory_gib=128.0, reserve_fraction=0.05)
+    tables = plan.plan["embeddings"]
+    assert sorted(tables) == sorted(table_name(k) for k in range(26))
+    for name, spec in tables.items():
+        assert spec.compute_kernel == "fused", name  # Adagrad fused into the TBE kernel
+        rows = sum(shard.shard_sizes[0] for shard in spec.sharding_spec.shards) if spec.sharding_spec else None
+        if spec.sharding_type in ("table_wise", "row_wise"):
+            assert rows == TABLE_ROWS[int(name.rsplit("_", 1)[1])], name
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_cross_layer_is_x0_times_projection_plus_bias_plus_x():
+    from models.dlrm_dcnv2.model import LowRankCrossLayer
+
+    layer = LowRankCrossLayer(7, 3)
+    with torch.no_grad():
+        layer.up.bias.normal_()
+    x0, x = torch.randn(4, 7), torch.randn(4, 7)
+    expected = x0 * (x @ layer.down.weight.T @ layer.up.weight.T + layer.up.bias) + x
+    torch.testing.assert_close(layer(x0, x), expected)
+
+
+# -- AUROC ----------------------------------------------------------------------------------------------
+def _cases():
+    rng = np.random.default_rng(0)
+    yield "heavy ties", rng.integers(0, 4, 2000).astype(np.float32) / 4, rng.random(2000) < 0.3
+    yield "ties + continuous", np.where(rng.random(5000) < 0.5, 0.5, rng.random(5000)).astype(np.float32), \
+        rng.random(5000) < 0.1
+    yield "all tied", np.full(100, 0.25, np.float32), rng.random(100) < 0.5
+    yield "negative and zero scores", np.concatenate([-np.abs(rng.normal(size=500)), np.zeros(50), -np.zeros(50),
+                                                      rng.normal(size=500)]).astype(np.float32), rng.random(1100) < 0.4
+    yield "sigmoid saturation", (1 / (1 + np.exp(-rng.normal(0, 30, 3000)))).astype(np.float32), rng.random(3000) < 0.5
+    yield "tiny", np.array([0.1, 0.4, 0.35, 0.8], np.float32), np.array([0, 0, 1, 1], bool)
+
+
+@pytest.mark.parametrize("name,scores,labels", list(_cases()), ids=[c[0] for c in _cases()])
+def test_auroc_matches_scikit_learn_and_torchmetrics(name, scores, labels):
+    from sklearn.metrics import roc_auc_score
+
+    expected = roc_auc_score(labels, scores)
+    s, y = torch.from_numpy(scores), torch.from_numpy(labels)
+    assert binary_auroc(s, y) == pytest.approx(expected, abs=1e-12)
+    assert _auroc_torch(s, y) == pytest.approx(expected, abs=1e-12)
+    assert _auroc_packed(scores, labels) == pytest.approx(expected, abs=1e-12)
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    assert binary_auroc(s, y) == pytest.approx(float(tm.binary_auroc(s, y.long())), abs=1e-6)  # float32 inside
+
+
+def test_auroc_of_one_class_is_nan_and_shapes_are_checked():
+    assert np.isnan(binary_auroc(torch.rand(10), torch.zeros(10)))
+    with pytest.raises(ValueError):
+        binary_auroc(torch.rand(3), torch.ones(4))
+
+
+# -- configs and cadence -------------------------------------------------------------------------------
+def test_flavours_keep_the_closed_optimizer_settings_and_rcp_points():
+    for name, make in FLAVOURS.items():
+        cfg = make()
+        cfg.optim.check()
+        assert cfg.train.global_batch_size % 8 == 0 or name == "debug"
+    assert (dgxh100_1x8().train.global_batch_size, dgxh100_1x8().optim.base_lr) == (55296, 0.004)
+    assert (dgxh100_8x8().train.global_batch_size, dgxh100_8x8().optim.base_lr) == (135168, 0.0034)
+    assert debug().model.multi_hot_sizes == MULTI_HOT_SIZES and max(debug().model.table_rows) <= 1000
+    bad = debug()
+    bad.optim.warmup_steps = 10
+    with pytest.raises(ValueError, match="warmup_steps"):
+        bad.optim.check()
+
+
+def test_real_eval_cadence_is_20_per_epoch_in_epoch_fractions():
+    from models.dlrm_dcnv2.benchmark import DLRMBenchmark
+
+    bench = DLRMBenchmark.__new__(DLRMBenchmark)  # cadence only: no model
+    bench.cfg = dgxh100_1x8()
+    bench.steps_per_epoch = 4_195_197_692 // 55296
+    bench.steps_per_eval = 4_195_197_692 // (55296 * 20)
+    blocks = bench.blocks()
+    assert (bench.steps_per_epoch, bench.steps_per_eval) == (75868, 3793)
+    assert len(blocks) == 21 and sum(b.steps for b in blocks) == 75868  # 20 evals + the epoch's 8-step tail
+    fractions = [b.eval_metadata["epoch_num"] for b in blocks]
+    assert [round(f, 3) for f in fractions[:20]] == [round(0.05 * k, 3) for k in range(1, 21)]
+    assert fractions[-1] == 1.0
+    assert blocks[1].start_metadata == {"samples_count": 3793 * 55296}
+
+
+def test_launcher_configs_match_their_names_and_flavours():
+    """config_<SYSTEM>_<nodes>x<gpus>x<local batch>.sh: the shape in the name is the flavour's global batch."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "launchers" / "dlrm_dcnv2").glob("config_*.sh"))
+    assert {c.name for c in configs} == {"config_CPU_01x02x512.sh", "config_DGXH100_01x08x6912.sh",
+                                        "config_DGXH200_01x08x6912.sh", "config_DGXH100_08x08x2112.sh"}
+    for config in configs:
+        out = subprocess.run(["bash", "-c", f'source "{config}" && echo "$FLAVOUR $DGXNNODES $DGXNGPU $WALLTIME"'],
+                             capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+        flavour, nodes, gpus = out[0], int(out[1]), int(out[2])
+        shape = re.search(r"_(\d+)x(\d+)x(\d+)\.sh$", config.name).groups()
+        assert (nodes, gpus) == (int(shape[0]), int(shape[1])), config.name
+        assert nodes * gpus * int(shape[2]) == FLAVOURS[flavour]().train.global_batch_size, config.name

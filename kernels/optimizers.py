@@ -21,9 +21,10 @@ import torch
 
 from kernels import _optim_kernels as K
 from kernels.multi_tensor import FlatOptimizer, segment_sum, segment_sumsq
+from kernels.shared_lr import SharedLearningRate, check_lars_hyperparameters
 
 
-class FusedLARS(FlatOptimizer):
+class FusedLARS(SharedLearningRate, FlatOptimizer):
     """models.resnet.lars.LARS, fused: same constructor, `lr_tensor`, `set_lr`, groups (`lars` flag) and
     state-dict keys (`momentum_buffer`); the update rule is documented there."""
 
@@ -31,33 +32,10 @@ class FusedLARS(FlatOptimizer):
 
     def __init__(self, params, lr: float | torch.Tensor = 0.0, momentum: float = 0.9, weight_decay: float = 1e-4,
                  eeta: float = 0.001, epsilon: float = 0.0):
-        if momentum < 0.0 or weight_decay < 0.0 or eeta <= 0.0 or epsilon < 0.0:
-            raise ValueError(f"bad LARS hyperparameters: momentum={momentum} weight_decay={weight_decay} "
-                             f"eeta={eeta} epsilon={epsilon}")
+        check_lars_hyperparameters(momentum, weight_decay, eeta, epsilon)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta,
                                       epsilon=epsilon, lars=True))
         self._share_lr(lr)
-
-    def _share_lr(self, lr) -> None:
-        device = next(p for group in self.param_groups for p in group["params"]).device
-        lr_tensor = torch.as_tensor(lr, dtype=torch.float32).to(device).clone()
-        self.defaults["lr"] = lr_tensor
-        for group in self.param_groups:
-            group["lr"] = lr_tensor
-
-    @property
-    def lr_tensor(self) -> torch.Tensor:
-        return self.param_groups[0]["lr"]
-
-    def set_lr(self, value: float | torch.Tensor) -> None:
-        if isinstance(value, torch.Tensor):
-            self.lr_tensor.copy_(value)
-        else:
-            self.lr_tensor.fill_(value)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        self._share_lr(self.param_groups[0]["lr"])
 
     def _step_flat(self, flat, active):
         groups = list(self._groups(flat))

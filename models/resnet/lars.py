@@ -28,53 +28,23 @@ import math
 
 import torch
 
+from kernels.shared_lr import SharedLearningRate, check_lars_hyperparameters
 
-class LARS(torch.optim.Optimizer):
+
+class LARS(SharedLearningRate, torch.optim.Optimizer):
     """Param groups carry `lars` (True: weight decay + trust ratio; False: plain momentum SGD).
 
     Build the groups with `models.resnet.model.lars_param_groups(model)`; a bare parameter list is
-    treated as one `lars=True` group. All groups share one lr tensor.
+    treated as one `lars=True` group. All groups share one lr tensor (kernels/shared_lr.py).
     """
 
     def __init__(self, params, lr: float | torch.Tensor = 0.0, momentum: float = 0.9,
                  weight_decay: float = 1e-4, eeta: float = 0.001, epsilon: float = 0.0):
-        if momentum < 0.0 or weight_decay < 0.0 or eeta <= 0.0 or epsilon < 0.0:
-            raise ValueError(f"bad LARS hyperparameters: momentum={momentum} weight_decay={weight_decay} "
-                             f"eeta={eeta} epsilon={epsilon}")
+        check_lars_hyperparameters(momentum, weight_decay, eeta, epsilon)
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta, epsilon=epsilon,
                         lars=True)
         super().__init__(params, defaults)
         self._share_lr(lr)
-
-    def _share_lr(self, lr: float | torch.Tensor) -> None:
-        # One float32 tensor on the parameters' device, referenced by every group (and by `defaults`, so
-        # a group added later shares it too).
-        device = next(p for group in self.param_groups for p in group["params"]).device
-        lr_tensor = torch.as_tensor(lr, dtype=torch.float32).to(device).clone()
-        self.defaults["lr"] = lr_tensor
-        for group in self.param_groups:
-            group["lr"] = lr_tensor
-
-    @property
-    def lr_tensor(self) -> torch.Tensor:
-        return self.param_groups[0]["lr"]
-
-    def set_lr(self, value: float | torch.Tensor) -> None:
-        """Write the lr in place: a float travels as a kernel argument, a tensor as a device copy; no sync."""
-        if isinstance(value, torch.Tensor):
-            self.lr_tensor.copy_(value)
-        else:
-            self.lr_tensor.fill_(value)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        lr_tensor = self.lr_tensor
-        super().load_state_dict(state_dict)
-        # The loaded groups hold copies of the saved lr, possibly on another device: copy the value into
-        # the tensor we had, so that it stays shared and anything holding it (a captured graph) sees it.
-        lr_tensor.copy_(torch.as_tensor(self.param_groups[0]["lr"]))
-        self.defaults["lr"] = lr_tensor
-        for group in self.param_groups:
-            group["lr"] = lr_tensor
 
     def _buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         buffers = []

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Packages whose versions go into every run directory.
 _RECORDED_PACKAGES = ("torch", "torchvision", "triton", "numpy", "nvidia-dali-cuda130", "mlperf-logging",

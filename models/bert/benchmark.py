@@ -24,15 +24,15 @@ from kernels.optimizers import FusedLAMB
 from models.bert.config import BertConfig
 from models.bert.model import build_bert, fp8_modules, mlm_correct_and_total, pretraining_loss
 from models.bert.parallelize import parallelize
-from runtime.data_parallel import unwrap
 from models.bert.state_dict_adapter import load_checkpoint, load_into
 from pipelines.bert.format import BertFormatError
 from pipelines.bert.loader import EvalBatches, TrainBatches
 from pipelines.bert.packing import PretrainingBatch, build_batch, random_sequences
 from pipelines.bert.store import SequenceStore
 from runtime.benchmark import Benchmark, Block, RunContext
+from runtime.data_parallel import unwrap
+from runtime.precision import autocast, autocast_dtype
 
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def lamb_lr(step: int, *, base_lr: float, warmup_steps: int, start_warmup_step: int, training_steps: int) -> float:
@@ -74,15 +74,13 @@ class BertBenchmark(Benchmark):
         if t.global_batch_size % (dp * t.grad_accum):
             raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
                              f"dp*grad_accum = {dp}*{t.grad_accum}")
-        if t.precision not in _AUTOCAST:
-            raise ValueError(f"train.precision={t.precision!r}: expected one of {sorted(_AUTOCAST)}")
         if cfg.data.max_seq_length > cfg.model.max_position_embeddings:
             raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds "
                              f"model.max_position_embeddings={cfg.model.max_position_embeddings}")
         self.micro_sequences = t.global_batch_size // (dp * t.grad_accum)
         if ctx.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
-        self.autocast_dtype = _AUTOCAST[t.precision]
+        self.autocast_dtype = autocast_dtype(t.precision, ("fp32", "bf16"))
 
         model = build_bert(cfg.model)
         if t.init_checkpoint:
@@ -131,9 +129,7 @@ class BertBenchmark(Benchmark):
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+        return autocast(self.ctx.device, self.autocast_dtype)
 
     def _forward(self, batch: PretrainingBatch):
         batch = batch.to(self.ctx.device, non_blocking=True)

@@ -8,7 +8,6 @@ a last block ending at the epoch (1.0). The learning rate is constant (closed ru
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -22,8 +21,8 @@ from models.dlrm_dcnv2.model import build_dlrm
 from models.dlrm_dcnv2.parallelize import parallelize, reset_optimizer_state, set_learning_rate, unwrap
 from pipelines.criteo.format import NUM_DENSE, sparse_feature_names
 from runtime.benchmark import Benchmark, Block, RunContext
+from runtime.precision import autocast, autocast_dtype
 
-_AUTOCAST = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
 
 
 def write_synthetic_data(cfg: DLRMConfig, out_dir: str) -> None:
@@ -51,8 +50,6 @@ class DLRMBenchmark(Benchmark):
         for key in ("global_batch_size", "eval_batch_size"):
             if getattr(t, key) % world:
                 raise ValueError(f"train.{key}={getattr(t, key)} is not divisible by the {world} ranks")
-        if t.precision not in _AUTOCAST:
-            raise ValueError(f"train.precision={t.precision!r}: expected one of {', '.join(_AUTOCAST)}")
         self.local_batch = t.global_batch_size // world
         self.local_eval_batch = t.eval_batch_size // world
         self.steps_per_epoch = cfg.data.train_samples // t.global_batch_size  # last partial batch dropped
@@ -60,10 +57,7 @@ class DLRMBenchmark(Benchmark):
         if self.steps_per_eval < 1:
             raise ValueError(f"data.train_samples={cfg.data.train_samples} is less than {t.evals_per_epoch} global "
                              f"batches of {t.global_batch_size}")
-        if ctx.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = t.precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = t.precision == "tf32"
-        self.autocast_dtype = _AUTOCAST[t.precision]
+        self.autocast_dtype = autocast_dtype(t.precision, ("fp32", "tf32", "bf16"))
 
         o, s = cfg.optim, cfg.sharding
         model = build_dlrm(cfg.model, sparse_device="meta", dense_device=ctx.device)
@@ -102,9 +96,7 @@ class DLRMBenchmark(Benchmark):
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+        return autocast(self.ctx.device, self.autocast_dtype)
 
     def _step_on(self, batch) -> torch.Tensor:
         batch = batch.to(self.ctx.device, non_blocking=True)

@@ -21,10 +21,10 @@ from kernels.optimizers import FusedLARS
 from models.resnet.lars import poly_decay_steps, poly_warmup_lr
 from models.resnet.model import build_resnet, lars_param_groups
 from models.resnet.parallelize import parallelize
-from runtime.data_parallel import unwrap
 from runtime.benchmark import Benchmark, Block, RunContext
+from runtime.data_parallel import unwrap
+from runtime.precision import autocast, autocast_dtype
 
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def write_synthetic_data(cfg: ResNetConfig, out_dir: str) -> None:
@@ -54,7 +54,7 @@ class ResNetBenchmark(Benchmark):
             raise ValueError(f"data.train_samples={cfg.data.train_samples} is smaller than one global batch")
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.total_steps = math.ceil(t.epochs * self.steps_per_epoch)
-        self.autocast_dtype = _AUTOCAST[t.precision]
+        self.autocast_dtype = autocast_dtype(t.precision, ("fp32", "bf16", "fp16"))
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
 
         self.model = parallelize(build_resnet(cfg.model), ctx.layout, ctx.device, channels_last=t.channels_last,
@@ -92,9 +92,7 @@ class ResNetBenchmark(Benchmark):
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+        return autocast(self.ctx.device, self.autocast_dtype)
 
     def _step_on(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
         o = self.cfg.optim

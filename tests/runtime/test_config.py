@@ -53,3 +53,14 @@ def test_snapshot(tmp_path):
     snap = json.loads((tmp_path / "run_config.json").read_text())
     assert snap["config"]["optim"]["base_lr"] == cfg.optim.base_lr
     assert snap["packages"]["torch"].startswith("2.") and snap["git_revision"]
+
+
+def test_precision_names():
+    import torch
+
+    from runtime.precision import autocast_dtype
+
+    assert autocast_dtype("bf16", ("fp32", "bf16")) is torch.bfloat16
+    assert autocast_dtype("fp32", ("fp32", "bf16")) is None
+    with pytest.raises(ValueError, match="train.precision='fp16': expected one of fp32, bf16"):
+        autocast_dtype("fp16", ("fp32", "bf16"))

@@ -34,7 +34,8 @@ def write_synthetic_data(cfg: ResNetConfig, out_dir: str) -> None:
     write_synthetic_imagenet(out_dir, num_classes=d.synthetic_classes,
                              train_per_class=d.synthetic_train_per_class, val_per_class=d.synthetic_val_per_class,
                              num_train_shards=d.synthetic_train_shards, num_val_shards=d.synthetic_val_shards,
-                             min_side=d.synthetic_min_side, max_side=d.synthetic_max_side, seed=d.synthetic_seed)
+                             min_side=d.synthetic_min_side, max_side=d.synthetic_max_side, seed=d.synthetic_seed,
+                             val_label_noise=d.synthetic_val_label_noise)
 
 
 class ResNetBenchmark(Benchmark):

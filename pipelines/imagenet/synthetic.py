@@ -57,36 +57,54 @@ def _random_bboxes(rng: np.random.Generator) -> np.ndarray:
 
 
 def _encode_record(seed: int, split: str, label: int, number: int, num_classes: int,
-                   min_side: int, max_side: int) -> bytes:
+                   min_side: int, max_side: int, stored_label: int) -> bytes:
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], label, number])
     height, width = (int(s) for s in rng.integers(min_side, max_side + 1, size=2))
     buffer = io.BytesIO()
     Image.fromarray(render_image(rng, label, num_classes, height, width)).save(
         buffer, format="JPEG", quality=JPEG_QUALITY)
-    return encode_image_example(buffer.getvalue(), label + 1, text=f"synthetic class {label}",
+    return encode_image_example(buffer.getvalue(), stored_label + 1, text=f"synthetic class {stored_label}",
                                 bboxes=_random_bboxes(rng))
 
 
+def _noisy_labels(seed: int, split: str, total: int, num_classes: int, per_class: int,
+                  label_noise: float) -> np.ndarray:
+    """The label stored for each item: its class, except for exactly round(label_noise * total) items
+    that get another class. Like the few percent of mislabelled ImageNet images, these cap top-1 below
+    1.0, which the compliance checker requires of an eval (0.759 <= top-1 < 1.0)."""
+    labels = np.arange(total) // per_class
+    if label_noise > 0 and num_classes > 1:
+        rng = np.random.default_rng([seed, _SPLIT_CODES[split], 1])
+        flipped = rng.choice(total, size=max(1, round(label_noise * total)), replace=False)
+        labels[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=flipped.size)) % num_classes
+    return labels
+
+
 def _write_split(out_dir: str, split: str, *, seed: int, num_classes: int, per_class: int,
-                 num_shards: int, min_side: int, max_side: int) -> int:
+                 num_shards: int, min_side: int, max_side: int, label_noise: float = 0.0) -> int:
     total = num_classes * per_class
     if not 1 <= num_shards <= total:
         raise ValueError(f"{split}: {num_shards} shards for {total} records; need 1..{total}")
+    if not 0.0 <= label_noise < 1.0:
+        raise ValueError(f"{split}: label_noise {label_noise} outside [0, 1)")
+    stored = _noisy_labels(seed, split, total, num_classes, per_class, label_noise)
     # Shards hold a shuffled mix of classes, as the reference converter writes them.
     order = np.random.default_rng([seed, _SPLIT_CODES[split]]).permutation(total)
     for shard, chunk in enumerate(np.array_split(order, num_shards)):
         with TFRecordWriter(os.path.join(out_dir, shard_name(split, shard, num_shards))) as writer:
             for item in chunk:
                 label, number = divmod(int(item), per_class)
-                writer.write(_encode_record(seed, split, label, number, num_classes, min_side, max_side))
+                writer.write(_encode_record(seed, split, label, number, num_classes, min_side, max_side,
+                                            int(stored[item])))
     return total
 
 
 def write_synthetic_imagenet(out_dir: str, *, num_classes: int = 16, train_per_class: int = 96,
                              val_per_class: int = 32, num_train_shards: int = 8,
                              num_val_shards: int = 4, min_side: int = 48, max_side: int = 96,
-                             seed: int = 0) -> dict[str, int]:
+                             seed: int = 0, val_label_noise: float = 0.0) -> dict[str, int]:
     """Write train and validation shards to `out_dir`; returns the record count of each split.
+    `val_label_noise`: the fraction of validation records stored with a wrong label.
     The output is a function of the arguments only (same seed, same bytes)."""
     if not 1 <= num_classes <= NUM_CLASSES:
         raise ValueError(f"num_classes must be in 1..{NUM_CLASSES}, got {num_classes}")
@@ -98,7 +116,7 @@ def write_synthetic_imagenet(out_dir: str, *, num_classes: int = 16, train_per_c
         "train": _write_split(out_dir, "train", per_class=train_per_class,
                               num_shards=num_train_shards, **common),
         "validation": _write_split(out_dir, "validation", per_class=val_per_class,
-                                   num_shards=num_val_shards, **common),
+                                   num_shards=num_val_shards, label_noise=val_label_noise, **common),
     }
 
 

@@ -296,3 +296,22 @@ def test_converter_on_fake_folder_tree(tmp_path):
     items = build_tfrecords.val_items(str(raw / "val"), ["n01", "n02", "n03"], str(raw / "val_pairs.txt"))
     assert [(os.path.basename(path), label) for path, label, _ in items] == \
         [("v1.JPEG", 1), ("v2.JPEG", 2), ("v3.JPEG", 1)]
+
+
+def test_validation_label_noise_flips_exactly_that_fraction(tmp_path):
+    clean, noisy = tmp_path / "clean", tmp_path / "noisy"
+    args = dict(num_classes=4, train_per_class=4, val_per_class=25, num_train_shards=1, num_val_shards=2,
+                min_side=16, max_side=24, seed=3)
+    synthetic.write_synthetic_imagenet(str(clean), **args)
+    synthetic.write_synthetic_imagenet(str(noisy), val_label_noise=0.05, **args)
+    labels = {}
+    for name, root in (("clean", clean), ("noisy", noisy)):
+        index = fmt.build_index(str(root), "validation", str(tmp_path / f"index_{name}"))
+        labels[name] = [index.record(i).label for i in range(len(index))]
+    differ = sum(a != b for a, b in zip(labels["clean"], labels["noisy"]))
+    assert differ == 5  # round(0.05 * 100): a perfect classifier scores 0.95 on the noisy split
+    index = fmt.build_index(str(clean), "train", str(tmp_path / "index_train"))
+    noisy_train = fmt.build_index(str(noisy), "train", str(tmp_path / "index_train_noisy"))
+    assert [index.payload(i) for i in range(len(index))] == [noisy_train.payload(i) for i in range(len(index))]
+    with pytest.raises(ValueError, match="label_noise 1.5 outside"):
+        synthetic.write_synthetic_imagenet(str(tmp_path / "bad"), val_label_noise=1.5, **args)

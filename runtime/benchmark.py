@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from runtime.data_parallel import unwrap
 from runtime.distributed import LaunchEnv
 from runtime.mlperf_log import MLPerfLogger
 from runtime.parallel import ParallelLayout
@@ -69,8 +70,9 @@ class Benchmark(abc.ABC):
         self.ctx = ctx
 
     @property
-    @abc.abstractmethod
-    def global_batch_size(self) -> int: ...
+    def global_batch_size(self) -> int:
+        """Every config so far keeps it in `train.global_batch_size`."""
+        return self.cfg.train.global_batch_size
 
     @abc.abstractmethod
     def log_hyperparameters(self) -> None:
@@ -100,11 +102,14 @@ class Benchmark(abc.ABC):
         """Extra fields for the progress line (e.g. the learning rate)."""
         return {}
 
-    @abc.abstractmethod
-    def state_dict(self) -> dict: ...
+    # Checkpoints. The defaults fit a benchmark with one `self.model` (possibly under DDP or compile) and one
+    # `self.optimizer`; sharded ones (DLRM tables, megatron chunks) override both.
+    def state_dict(self) -> dict:
+        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    @abc.abstractmethod
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def reached(self, value: float, target: float) -> bool:
         return value >= target if self.higher_is_better else value <= target

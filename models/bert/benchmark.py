@@ -105,10 +105,6 @@ class BertBenchmark(Benchmark):
                          betas=(o.lamb_beta_1, o.lamb_beta_2), eps=o.lamb_epsilon, weight_decay=o.weight_decay,
                          max_grad_norm=o.max_grad_norm)
 
-    @property
-    def global_batch_size(self) -> int:
-        return self.cfg.train.global_batch_size
-
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
         """closed_bert.yaml, each key once, with the names the checker wants (not the TF reference's
@@ -252,14 +248,6 @@ class BertBenchmark(Benchmark):
 
     def progress_fields(self) -> dict:
         return {"lr": float(self._lr)}
-
-    # -- checkpoints -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
     def close(self) -> None:
         if self.train_data is not None:

@@ -75,10 +75,6 @@ class DLRMBenchmark(Benchmark):
         self._train_iter, self._next_step = None, -1
         self._eval_cache: list | None = None
 
-    @property
-    def global_batch_size(self) -> int:
-        return self.cfg.train.global_batch_size
-
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
         log, o = self.ctx.log, self.cfg.optim

@@ -140,10 +140,6 @@ class GPT3Benchmark(Benchmark):
         self.train_data = self.valid_data = None
         self._lr = 0.0
 
-    @property
-    def global_batch_size(self) -> int:
-        return self.cfg.train.global_batch_size
-
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
         log, o, t = self.ctx.log, self.cfg.optim, self.cfg.train

@@ -70,10 +70,6 @@ class ResNetBenchmark(Benchmark):
         self._epoch_iter, self._iter_epoch = None, -1
         self._lr = o.base_lr
 
-    @property
-    def global_batch_size(self) -> int:
-        return self.cfg.train.global_batch_size
-
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
         log, o, t = self.ctx.log, self.cfg.optim, self.cfg.train
@@ -212,14 +208,6 @@ class ResNetBenchmark(Benchmark):
 
     def progress_fields(self) -> dict:
         return {"lr": float(self._lr)}
-
-    # -- checkpoints -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
     def close(self) -> None:
         for data in (self.train_data, self.eval_data):

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import gc
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,14 +34,7 @@ import torch  # noqa: E402
 
 from pipelines.criteo import format as fmt  # noqa: E402
 from pipelines.criteo.loader import CriteoReader, TrainBatches  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from machine import cpu_name  # noqa: E402 (perf_tests/machine.py, beside this script)
 
 
 def rate(batches, samples_per_batch: int, seconds_cap: float = 30.0) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,14 +28,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from pipelines.imagenet.format import build_index  # noqa: E402
 from pipelines.imagenet.loader import build_train_loader  # noqa: E402
 from pipelines.imagenet.synthetic import write_synthetic_imagenet  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from machine import cpu_name  # noqa: E402 (perf_tests/machine.py, beside this script)
 
 
 def images_per_second(batches, epochs: int, set_epoch=None) -> float:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import abc
 import importlib
+import os
 from dataclasses import dataclass, field
 
 import torch
 
+from runtime import checkpoint
 from runtime.data_parallel import unwrap
 from runtime.distributed import LaunchEnv
 from runtime.mlperf_log import MLPerfLogger
@@ -102,8 +104,28 @@ class Benchmark(abc.ABC):
         """Extra fields for the progress line (e.g. the learning rate)."""
         return {}
 
-    # Checkpoints. The defaults fit a benchmark with one `self.model` (possibly under DDP or compile) and one
-    # `self.optimizer`; sharded ones (DLRM tables, megatron chunks) override both.
+    # Checkpoints. The defaults write one file from rank 0 (`<dir>/latest.pt`, atomically) holding the loop's
+    # `common` dict and `state_dict()`, which fits a benchmark with one `self.model` (possibly under DDP or
+    # compile) and one `self.optimizer`; DLRM overrides state_dict for its sharded tables, GPT-3 the whole
+    # save/load for megatron's distributed checkpoints.
+    def save_checkpoint(self, directory: str, common: dict) -> None:
+        state = {**common, "benchmark": self.state_dict()}  # every rank: a sharded state_dict may gather
+        if self.ctx.is_main:
+            checkpoint.save_atomic(state, os.path.join(directory, checkpoint.LATEST))
+
+    def load_checkpoint(self, directory: str, check) -> dict | None:
+        """Restore the newest checkpoint in `directory` and return its `common` dict; None if there is none.
+        `check(common, where)` raises before anything is loaded if the checkpoint does not fit this run."""
+        path = os.path.join(directory, checkpoint.LATEST)
+        if not os.path.exists(path):
+            return None
+        state = checkpoint.load(path, map_location=self.ctx.device)
+        check(state, path)
+        if "benchmark" not in state:
+            raise RuntimeError(f"checkpoint {path}: missing key 'benchmark'")
+        self.load_state_dict(state["benchmark"])
+        return state
+
     def state_dict(self) -> dict:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
 

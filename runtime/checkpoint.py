@@ -17,13 +17,14 @@ LATEST = "latest.pt"
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: what Slurm and shells expect of a process ended by SIGTERM
 
 
-def save_atomic(state: dict, path: str) -> None:
+def _replace_durably(write, path: str, suffix: str) -> None:
+    """Write through `write(file)` into a temporary file beside `path`, fsync, rename over `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,6 +37,14 @@ def save_atomic(state: dict, path: str) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def save_atomic(state: dict, path: str) -> None:
+    _replace_durably(lambda f: torch.save(state, f), path, ".pt")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    _replace_durably(lambda f: f.write(text.encode()), path, ".txt")
 
 
 def load(path: str, map_location="cpu") -> dict:

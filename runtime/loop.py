@@ -14,7 +14,6 @@ the loss is read for the progress line and the NaN check, and where ranks agree 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -79,32 +78,33 @@ class RunLoop:
         self.state = LoopState()
         self.preemption = checkpoint.PreemptionFlag()
         self.profiler = StepProfiler(run_cfg.profile_start_step, run_cfg.profile_stop_step)
-        self.ckpt_path = os.path.join(run_cfg.checkpoint_dir, checkpoint.LATEST) if run_cfg.checkpoint_dir else ""
 
     # -- checkpoints -----------------------------------------------------------------------------------
+    def _check_saved(self, common: dict, where: str) -> None:
+        for key in ("loop", "seed"):
+            if key not in common:
+                raise RuntimeError(f"checkpoint {where}: missing key {key!r}")
+        if common["seed"] != self.ctx.seed:
+            raise RuntimeError(f"checkpoint {where} was written with seed {common['seed']}, this run uses "
+                               f"{self.ctx.seed}: resume with run.seed={common['seed']}")
+
     def try_resume(self) -> bool:
-        if not (self.ckpt_path and self.run_cfg.resume and os.path.exists(self.ckpt_path)):
+        directory = self.run_cfg.checkpoint_dir
+        if not (directory and self.run_cfg.resume):
             return False
-        state = checkpoint.load(self.ckpt_path, map_location=self.ctx.device)
-        for key in ("loop", "benchmark", "seed"):
-            if key not in state:
-                raise RuntimeError(f"checkpoint {self.ckpt_path}: missing key {key!r}")
-        if state["seed"] != self.ctx.seed:
-            raise RuntimeError(f"checkpoint {self.ckpt_path} was written with seed {state['seed']}, this run "
-                               f"uses {self.ctx.seed}: resume with run.seed={state['seed']}")
-        self.bench.load_state_dict(state["benchmark"])
-        self.state = LoopState.from_state_dict(state["loop"])
+        common = self.bench.load_checkpoint(directory, self._check_saved)
+        if common is None:
+            return False
+        self.state = LoopState.from_state_dict(common["loop"])
         if self.ctx.is_main:
-            print(f"resumed from {self.ckpt_path} at step {self.state.global_step}", flush=True)
+            print(f"resumed from {directory} at step {self.state.global_step}", flush=True)
         return True
 
     def save(self) -> None:
-        if not self.ckpt_path:
-            return
-        state = {"loop": self.state.state_dict(), "benchmark": self.bench.state_dict(), "seed": self.ctx.seed}
-        if self.ctx.is_main:
-            checkpoint.save_atomic(state, self.ckpt_path)
-        _barrier(self.ctx)
+        if self.run_cfg.checkpoint_dir:
+            self.bench.save_checkpoint(self.run_cfg.checkpoint_dir, {"loop": self.state.state_dict(),
+                                                                     "seed": self.ctx.seed})
+            _barrier(self.ctx)
 
     # -- the timed part --------------------------------------------------------------------------------
     def run(self) -> RunResult:

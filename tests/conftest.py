@@ -23,6 +23,16 @@ def resnet_debug_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def gpt3_debug_data(tmp_path_factory) -> Path:
+    """The synthetic C4 files and the reference-layout initial checkpoint of GPT-3's debug flavour."""
+    from runtime.synthesize import synthesize
+
+    out = tmp_path_factory.mktemp("gpt3_debug_data")
+    synthesize("gpt3", "debug", str(out))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

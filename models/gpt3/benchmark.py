@@ -9,13 +9,17 @@ linear warmup, floor 10% of peak) is counted in steps at this run's batch size a
 Each step runs megatron's forward_backward schedule over `num_microbatches` micro-batches (no pipelining,
 1F1B, or interleaved 1F1B when virtual_pp > 1), which also finalizes gradients (DP all-reduce or
 reduce-scatter, tied-embedding sync between the first and last stage, SP norm grads over TP).
+
+Weights and Adam moments come from `data.init_checkpoint` (models/gpt3/reference_checkpoint.py), loaded
+untimed while the benchmark is built; the run's own checkpoints are megatron distributed checkpoints
+(models/gpt3/checkpointing.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -25,19 +29,26 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from mlperf_logging.mllog import constants
 
+from models.gpt3 import checkpointing
 from models.gpt3.config import GPT3Config, allowed_learning_rates, closed_learning_rate
 from models.gpt3.model import build_model_chunks, te_available, transformer_config
 from models.gpt3.parallelize import build_optimizer, init_megatron, wrap_ddp
+from models.gpt3.reference_checkpoint import load_reference_checkpoint, write_synthetic_reference_checkpoint
 from runtime.benchmark import Benchmark, Block, RunContext
 
 
 def write_synthetic_data(cfg: GPT3Config, out_dir: str) -> None:
+    """The C4 files and, when the flavour names one, the initial checkpoint in the reference's layout."""
     from pipelines.megatron_data.synthetic import write_synthetic_c4
 
     d = cfg.data
     write_synthetic_c4(out_dir, d.train_prefixes, d.valid_prefix, vocab=d.synthetic_vocab,
                        train_docs=d.synthetic_train_docs, valid_docs=d.synthetic_valid_docs,
                        doc_tokens=d.synthetic_doc_tokens, branching=d.synthetic_branching, seed=d.synthetic_seed)
+    if d.init_checkpoint:
+        step = cfg.optim.init_checkpoint_samples // cfg.train.global_batch_size
+        write_synthetic_reference_checkpoint(cfg.model, os.path.join(out_dir, d.init_checkpoint), step=step,
+                                             seed=d.synthetic_seed)
 
 
 def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
@@ -48,43 +59,6 @@ def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, de
         return min_lr
     ratio = (step - warmup_steps) / (decay_steps - warmup_steps)
     return min_lr + 0.5 * (math.cos(math.pi * ratio) + 1.0) * (base_lr - min_lr)
-
-
-def deterministic_init(chunks, std: float, seed: int) -> None:
-    """Draw every matrix from a generator keyed by its *global* name, then keep this rank's TP shard.
-
-    megatron's CPU initialisation draws from one RNG stream in build order, so a pipeline stage (which
-    builds only its layers) would get other weights than the same layers in a one-stage run; keying by
-    name makes every layout start from identical weights (the layout-parity tests rely on it). Vectors
-    (biases 0, LayerNorm 1) are already constant.
-    """
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    for chunk in chunks:
-        offsets = {}
-        for name, module in chunk.named_modules():
-            if name.startswith("decoder.layers.") and name.count(".") == 2:
-                offsets[name + "."] = f"decoder.layers.{module.layer_number - 1}."
-        for name, p in chunk.named_parameters():
-            if p.dim() < 2:
-                continue
-            key = name
-            for local, global_ in offsets.items():
-                if name.startswith(local):
-                    key = global_ + name[len(local):]
-            if name == "output_layer.weight" and getattr(p, "shared_embedding", False):
-                key = "embedding.word_embeddings.weight"  # the tied copy on the last stage
-            shape = list(p.shape)
-            dim = getattr(p, "partition_dim", -1) if getattr(p, "tensor_model_parallel", False) else -1
-            if dim >= 0:
-                shape[dim] *= tp
-            digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-            g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
-            full = torch.randn(shape, generator=g) * std
-            if dim >= 0:
-                full = full.chunk(tp, dim=dim)[tp_rank]
-            with torch.no_grad():
-                p.copy_(full.to(p.dtype))
 
 
 class GPT3Benchmark(Benchmark):
@@ -113,22 +87,15 @@ class GPT3Benchmark(Benchmark):
         self.total_steps = math.ceil(t.max_samples / gbs)
         self.seq_length = m.seq_length
 
-        if m.seq_length == 2048 and ctx.is_main:
-            # NOT DONE: loading the mandatory reference checkpoint (4000 steps at GBS 1536, with Adam state).
-            print("gpt3: WARNING: no initial-checkpoint loading yet; the model starts from random weights, so "
-                  "this run measures throughput but is not a valid MLPerf GPT-3 run", flush=True)
         init_megatron(layout, vpp, ctx.seed)
         self.config = transformer_config(m, t, tp=layout.tp, pp=layout.pp, cp=layout.cp)
         chunks = build_model_chunks(m, self.config, pp_rank=layout.coords()["pp"], pp=layout.pp)
-        if m.layout_invariant_init:
-            deterministic_init(chunks, m.init_method_std, ctx.seed)
         use_dist_opt = t.distributed_optimizer and torch.cuda.is_available()
         self.model = wrap_ddp(chunks, self.config, distributed_optimizer=use_dist_opt,
                               grad_reduce_in_fp32=t.grad_reduce_in_fp32)
-        from dataclasses import replace
-
         self.optimizer = build_optimizer(self.model, replace(o, base_lr=self.base_lr), self.config,
                                          distributed_optimizer=use_dist_opt)
+        self._load_initial_checkpoint()
         self.forward_backward = get_forward_backward_func()
         device = ctx.device
         s = self.seq_length
@@ -273,7 +240,7 @@ class GPT3Benchmark(Benchmark):
 
     def warmup(self, steps: int) -> None:
         """Untimed forward/backward and eval passes on random tokens. No optimizer step, so nothing needs
-        restoring: the weights and Adam moments stay as built (or as the checkpoint will load them)."""
+        restoring: the weights and Adam moments stay as the initial checkpoint left them."""
         mbs = self.cfg.train.micro_batch_size
         for _ in range(steps):
             for chunk in self.model:
@@ -320,18 +287,28 @@ class GPT3Benchmark(Benchmark):
         return {"lr": float(self._lr), "grad_norm": float(self.optimizer.last_grad_norm)}
 
     # -- checkpoints -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"layout": (self.ctx.layout.tp, self.ctx.layout.pp),
-                "model": [c.module.state_dict() for c in self.model], "optimizer": self.optimizer.state_dict()}
+    def _load_initial_checkpoint(self) -> None:
+        """Untimed, as the rules allow: the reference checkpoint's weights and Adam moments, unless the run
+        resumes from a checkpoint of its own (which holds both already)."""
+        d, ctx, run = self.cfg.data, self.ctx, self.cfg.run
+        if run.resume and run.checkpoint_dir and os.path.exists(os.path.join(run.checkpoint_dir, checkpointing.LATEST)):
+            return
+        if not d.init_checkpoint:
+            if self.seq_length == 2048 and ctx.is_main:
+                print("gpt3: WARNING: data.init_checkpoint is empty, so the model starts from random weights: this "
+                      "run measures throughput but is not a valid MLPerf GPT-3 run", flush=True)
+            return
+        path = d.init_checkpoint if os.path.isabs(d.init_checkpoint) else os.path.join(ctx.data_dir, d.init_checkpoint)
+        r = load_reference_checkpoint(path, self.model, self.optimizer)
+        if ctx.is_main:
+            print(f"gpt3: loaded the initial checkpoint {path} (Adam step {r.step}): rank 0 read "
+                  f"{r.bytes_read / 2**30:.2f} GiB from {r.arrays_read} arrays in {r.seconds:.1f} s", flush=True)
 
-    def load_state_dict(self, state: dict) -> None:
-        layout = (self.ctx.layout.tp, self.ctx.layout.pp)
-        if layout != (1, 1) or tuple(state["layout"]) != layout:
-            # The loop's checkpoint is one rank-0 file; TP/PP shards need megatron's dist_checkpointing.
-            raise NotImplementedError(f"gpt3 resume supports tp=pp=1 only (checkpoint {state['layout']}, run {layout})")
-        for chunk, sd in zip(self.model, state["model"]):
-            chunk.module.load_state_dict(sd)
-        self.optimizer.load_state_dict(state["optimizer"])
+    def save_checkpoint(self, directory: str, common: dict) -> None:
+        checkpointing.save(directory, self.model, self.optimizer, common)
+
+    def load_checkpoint(self, directory: str, check) -> dict | None:
+        return checkpointing.load(directory, self.model, self.optimizer, check)
 
     def close(self) -> None:
         if parallel_state.model_parallel_is_initialized():

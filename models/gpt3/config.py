@@ -31,10 +31,6 @@ class ModelConfig:
     precision: str = "bf16"
     fp8_amax_history_len: int = 1024  # NVIDIA v4.0: delayed scaling, HYBRID, max over the history
     fused_norm: bool = True  # kernels.layer_norm.FusedLayerNorm in the local (non-TE) spec
-    # Draw every matrix from a generator keyed by its global name, so all layouts start from the same
-    # weights (the layout-parity tests). Off at 175B: real runs start from the reference checkpoint, and
-    # drawing full unsharded matrices on the host would take far too long.
-    layout_invariant_init: bool = False
 
     def padded_vocab_size(self, tp: int) -> int:
         multiple = self.make_vocab_size_divisible_by * tp
@@ -54,6 +50,9 @@ class DataConfig:
     train_weights: tuple[float, ...] = (0.5, 0.5)
     valid_prefix: str = "c4_en_validation_subset_c4_spm_text_document"
     index_cache_dir: str = ""  # where doc/sample/shuffle index arrays are cached; empty: <data dir>/index-cache
+    # The initial checkpoint (Megatron zarr layout: models/gpt3/reference_checkpoint.py), absolute or
+    # relative to --data-dir. Empty: random weights, which only a throughput run may use.
+    init_checkpoint: str = ""
     eval_tokens: int = 11_590_004  # validation tokens (logged as eval_samples, as NVIDIA does); checked on open
     # Only for `python -m runtime.synthesize`: a learnable Markov language in the real file layout.
     synthetic_seed: int = 1234
@@ -146,8 +145,10 @@ def debug() -> GPT3Config:
     cfg = GPT3Config()
     cfg.model = replace(cfg.model, num_layers=4, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256,
                         seq_length=64, vocab_size=cfg.data.synthetic_vocab, init_method_std=0.02,
-                        precision="fp32", layout_invariant_init=True)
-    cfg.data = replace(cfg.data, eval_tokens=0)  # 0: whatever the synthetic validation file holds
+                        precision="fp32")
+    # eval_tokens 0: whatever the synthetic validation file holds. The initial checkpoint is written beside
+    # the data by `python -m runtime.synthesize gpt3`, with the same name-keyed weights for every layout.
+    cfg.data = replace(cfg.data, eval_tokens=0, init_checkpoint="init_checkpoint")
     # Sample counts at GBS 16: warm up over 20 steps, decay over 600, "checkpoint" after 1 step (> 0 as
     # the checker wants), eval every 20 steps.
     gbs = 16

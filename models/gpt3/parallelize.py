@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.optimizer import get_param_id_to_sharded_param_map, optim_state_to_sharding_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
 from megatron.core.transformer.module import param_is_not_shared
@@ -109,10 +110,32 @@ class ReplicatedAdamW:
         self.last_grad_norm = float(norm)
         return self.last_grad_norm
 
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
+    def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
+        """Adam moments as ShardedTensors that follow their parameter's TP/PP sharding (megatron's layout:
+        `optimizer.state.exp_avg.<param key>`), so a checkpoint reloads under any layout; the shared step
+        count is a plain value; megatron keeps each group's parameter list local (it differs per stage)."""
+        if is_loading:
+            for p in self.params:
+                if not self.inner.state[p]:
+                    self.inner.state[p] = {"step": torch.zeros(()), "exp_avg": torch.zeros_like(p),
+                                           "exp_avg_sq": torch.zeros_like(p)}
+        state = self.inner.state_dict()
+        steps = {float(s["step"]) for s in state["state"].values()}
+        if len(steps) > 1:
+            raise RuntimeError(f"Adam step counts differ between parameters: {sorted(steps)}")
+        id_map = get_param_id_to_sharded_param_map(model_sharded_state_dict, self.params)
+        if len(id_map) != len(self.params):
+            raise RuntimeError(f"{len(self.params) - len(id_map)} optimized parameters have no sharded model key")
+        optim_state_to_sharding_state(state, id_map, exclude_keys=("step",))
+        state["state"]["common_step"] = int(steps.pop()) if steps else 0
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, step: int | None = None) -> None:
+        """`state` as `sharded_state_dict` built it, tensors filled in; `step` overrides the saved count."""
+        state = dict(state, state=dict(state["state"]))
+        saved = state["state"].pop("common_step", 0)
+        common_step = saved if step is None else step
+        state["state"] = {i: dict(s, step=torch.tensor(float(common_step))) for i, s in state["state"].items()}
         self.inner.load_state_dict(state)
 
 
@@ -148,11 +171,25 @@ class MegatronOptimizer:
         self.last_grad_norm = float(grad_norm or 0.0)
         return self.last_grad_norm
 
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
+    def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
+        # The distributed optimizer's model-shaped format: `optimizer.state.{param,exp_avg,exp_avg_sq}.<key>`,
+        # reshardable to any layout (its flat per-bucket formats are tied to the DP size).
+        return self.inner.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading,
+                                             metadata={"distrib_optim_sharding_type": "fully_reshardable"})
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, step: int | None = None) -> None:
         self.inner.load_state_dict(state)
+        if step is None:
+            return
+        # The reference checkpoint's Adam step (4000) replaces whatever count the loaded state carried.
+        for opt in getattr(self.inner, "chained_optimizers", [self.inner]):
+            torch_opt = opt.optimizer
+            for group in torch_opt.param_groups:
+                if "step" in group:
+                    group["step"] = step
+            for s in torch_opt.state.values():
+                if "step" in s:
+                    s["step"] = torch.full_like(s["step"], step) if torch.is_tensor(s["step"]) else step
 
 
 def build_optimizer(chunks, o: OptimConfig, config, *, distributed_optimizer: bool):

@@ -1,4 +1,5 @@
-"""GPT-3 debug runs on gloo: TP=2, PP=2 and DP=2 each match the one-process losses; the run to target."""
+"""GPT-3 debug runs on gloo: TP=2, PP=2 and DP=2 each match the one-process losses; resume, also across
+layouts; the run to target."""
 
 import re
 import subprocess
@@ -11,15 +12,6 @@ from runtime.loop import EXIT_NOT_CONVERGED
 STEPS = 3
 COMMON = ["--seed", "11", "run.log_every_steps=1", f"run.max_steps={STEPS}", "run.warmup_steps=0",
           "train.max_samples=160"]
-
-
-@pytest.fixture(scope="module")
-def gpt3_debug_data(tmp_path_factory):
-    from runtime.synthesize import synthesize
-
-    out = tmp_path_factory.mktemp("gpt3_debug_data")
-    synthesize("gpt3", "debug", str(out))
-    return out
 
 
 def _losses(run_dir):
@@ -80,18 +72,33 @@ def test_debug_run_reaches_its_target_with_a_compliant_log(gpt3_debug_data, tmp_
     assert not other, report
 
 
-def test_resume_gives_the_same_next_losses(gpt3_debug_data, single_process, tmp_path):
-    """One process (the loop's rank-0 checkpoint; TP/PP shards would need dist_checkpointing): the step
-    counter, LR schedule, Adam moments and sample order all continue."""
+def _run(ranks, data, run_dir, *args):
+    cmd = train_command("gpt3", data, run_dir, *args)
+    if ranks == 1:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+        return [r.returncode], r.stdout + r.stderr
+    procs = spawn_ranks(ranks, cmd)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [p.returncode for p in procs], "\n".join(outs)
+
+
+@pytest.mark.parametrize("ranks,first,then,rel", [(1, [], [], 1e-6),
+                                                  (2, ["parallel.tp=2"], ["parallel.pp=2", "train.virtual_pp=2"], 1e-4)],
+                         ids=["same_layout", "tp2_then_pp2_interleaved"])
+def test_resume_gives_the_same_next_losses(gpt3_debug_data, single_process, tmp_path, ranks, first, then, rel):
+    """megatron dist_checkpointing: the step counter, LR schedule, Adam moments and sample order all continue,
+    also when the checkpoint was written by another TP/PP layout (resharded on load)."""
     ck = tmp_path / "ck"
-    common = [a for a in COMMON if not a.startswith("run.max_steps")]
-    for name, steps in (("first", 1), ("resumed", STEPS)):
-        r = subprocess.run(train_command("gpt3", gpt3_debug_data, tmp_path / name, *common, f"run.max_steps={steps}",
-                                         f"run.checkpoint_dir={ck}", "data.index_cache_dir=" + str(tmp_path)),
-                           capture_output=True, text=True, cwd=REPO, timeout=600)
-        assert r.returncode == EXIT_NOT_CONVERGED, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "resumed from" in r.stdout
+    common = [a for a in COMMON if not a.startswith("run.max_steps")] + [f"run.checkpoint_dir={ck}",
+                                                                        "data.index_cache_dir=" + str(tmp_path)]
+    codes, out = _run(ranks, gpt3_debug_data, tmp_path / "first", *common, "run.max_steps=1", *first)
+    assert codes == [EXIT_NOT_CONVERGED] * ranks, out[-4000:]
+    assert (ck / "latest").read_text().strip() == "step_00000001"
+    codes, out = _run(ranks, gpt3_debug_data, tmp_path / "resumed", *common, f"run.max_steps={STEPS}", *then)
+    assert codes == [EXIT_NOT_CONVERGED] * ranks, out[-4000:]
+    assert "resumed from" in out
     resumed = _losses(tmp_path / "resumed")
     assert sorted(resumed) == list(range(2, STEPS + 1))
     for step, loss in resumed.items():
-        assert loss == pytest.approx(single_process[step], rel=1e-6), (step, resumed, single_process)
+        assert loss == pytest.approx(single_process[step], rel=rel), (step, resumed, single_process)
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_00000001", f"step_{STEPS:08d}"]

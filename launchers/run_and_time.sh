@@ -9,6 +9,7 @@
 #   DATADIR, LOGDIR      dataset; where logs, nsys reports and the run directory go (default ./results)
 #   RUNDIR               the run directory (default $LOGDIR/<benchmark>_<jobid>)
 #   SEED                 passed as --seed when set; otherwise the entry point draws a fresh one
+#   LOAD_CHECKPOINTS_PATH  the initial checkpoint, passed as data.init_checkpoint (GPT-3's reference checkpoint)
 #   EXTRA_ARGS           dotted overrides, e.g. "optim.base_lr=4 train.max_epochs=20"; "$@" is appended too
 #   DGXNGPU              processes per node for torchrun (default: the node's GPU count, or 1 without GPUs)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, RDZV_ID   multi-node torchrun (c10d rendezvous; node 0 hosts it)
@@ -56,6 +57,7 @@ if [[ "${NVTX_FLAG:-0}" == 1 ]]; then
     # The entry point calls cudaProfilerStart/Stop around these steps; nsys records only that range.
     entry+=("run.profile_start_step=${PROFILE_START_STEP:-10}" "run.profile_stop_step=${PROFILE_STOP_STEP:-20}")
 fi
+[[ -n "${LOAD_CHECKPOINTS_PATH:-}" ]] && entry+=("data.init_checkpoint=$LOAD_CHECKPOINTS_PATH")
 read -ra extra_args <<< "${EXTRA_ARGS:-}"
 entry+=("${extra_args[@]}" "$@")
 

@@ -1,11 +1,13 @@
 # GPT-3 175B on 1452 DGX H100 (11 616 GPUs): GBS 2904, the largest v4.0 scale (3.444 min); NVIDIA also
 # captured per-layer CUDA graphs there (_cg), which this stack does not do yet.
 #   source launchers/gpt3/config_DGXH100_1452x8x6x4x6_mbs1.sh
-#   CONT=<image> NEXP=3 DATADIR=/lustre/c4/preprocessed_c4_spm LOGDIR=$PWD/results \
-#     sbatch -N $DGXNNODES -t $WALLTIME launchers/gpt3.sub
+#   CONT=<image> NEXP=3 DATADIR=/lustre/c4/preprocessed_c4_spm LOAD_CHECKPOINTS_PATH=/lustre/gpt3/ckpt4000 \
+#     LOGDIR=$PWD/results sbatch -N $DGXNNODES -t $WALLTIME launchers/gpt3.sub
 # Name: <nodes>x<gpus>x<GBS/DP>x<TP>x<PP>_mbs<MBS> (NVIDIA's v4.0 convention). The layout and batch live
 # in models/gpt3/config.py (flavour dgxh100_1452x8: GBS 2904, TP 4, PP 6, virtual PP 8, MBS 1, DP 484); the data
-# directory holds c4_en_{6,7}_c4_spm_text_document.{bin,idx} and the validation subset.
+# directory holds c4_en_{6,7}_c4_spm_text_document.{bin,idx} and the validation subset; LOAD_CHECKPOINTS_PATH
+# the reference checkpoint (zarr arrays + common.pt: models/gpt3/prepare/README.md), without which the run is
+# only a throughput measurement.
 # Every value is a default: set it in the environment before sourcing to change it.
 
 ## DL params

@@ -32,7 +32,8 @@ CONFIGS = sorted((LAUNCHERS / "resnet").glob("config_*.sh"))
 _LAUNCH_PREFIXES = ("SLURM_", "OMPI_", "PMI_", "PMIX_", "MPI_LOCAL", "TORCHELASTIC_")
 _LAUNCH_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NNODES",
                 "NODE_RANK", "DGXNGPU", "DGXNNODES", "DGXSYSTEM", "NVTX_FLAG", "EXTRA_ARGS", "SEED", "SEED_BASE",
-                "LAUNCH_MODE", "RUNDIR", "LOGDIR", "DATADIR", "BENCHMARK", "FLAVOUR", "CONT", "NEXP"}
+                "LAUNCH_MODE", "RUNDIR", "LOGDIR", "DATADIR", "BENCHMARK", "FLAVOUR", "CONT", "NEXP",
+                "LOAD_CHECKPOINTS_PATH"}
 
 
 def clean_env(tmp_path: Path | None = None, **overrides) -> dict:
@@ -153,6 +154,15 @@ def test_extra_args_and_script_arguments_pass_through(tmp_path):
     assert entry_args(cmd) == ["runtime.train", "resnet", "--flavour", "debug", "--data-dir", "/data/x",
                                "--run-dir", "/r", "optim.base_lr=4", "train.max_epochs=20",
                                "run.log_every_steps=5", "--seed", "7"]
+
+
+def test_the_initial_checkpoint_is_passed_as_data_init_checkpoint(tmp_path):
+    env = base_env(tmp_path, BENCHMARK="gpt3", LOAD_CHECKPOINTS_PATH="/load_checkpoints", RUNDIR="/r",
+                   EXTRA_ARGS="parallel.tp=2")
+    _, cmd = dryrun(RUN_AND_TIME, env)
+    assert entry_args(cmd)[-2:] == ["data.init_checkpoint=/load_checkpoints", "parallel.tp=2"]
+    _, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, RUNDIR="/r"))
+    assert not any(a.startswith("data.init_checkpoint") for a in cmd)
 
 
 def test_relative_paths_are_the_callers(tmp_path):
@@ -337,7 +347,8 @@ def test_run_sub_with_cont_runs_every_step_in_one_pyxis_container_per_node(tmp_p
     tools, steps_file = tmp_path / "bin", tmp_path / "steps.jsonl"
     fake_tool(tools, "srun", f"""python3 - "$@" <<'EOF'
 import json, os, sys
-keep = ("DATADIR", "LOGDIR", "RUNDIR", "SEED", "MASTER_ADDR", "MASTER_PORT", "BENCHMARK", "FLAVOUR", "DGXSYSTEM")
+keep = ("DATADIR", "LOGDIR", "RUNDIR", "SEED", "MASTER_ADDR", "MASTER_PORT", "BENCHMARK", "FLAVOUR", "DGXSYSTEM",
+        "LOAD_CHECKPOINTS_PATH")
 with open("{steps_file}", "a") as f:
     f.write(json.dumps({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keep}}}}) + "\\n")
 EOF""")
@@ -345,7 +356,8 @@ EOF""")
     env = clean_env(SLURM_JOB_ID=4711, SLURM_JOB_NUM_NODES=2, SLURM_JOB_NODELIST="node[001-002]",
                     SLURM_CLUSTER_NAME="eos", MLPERF_REPO=REPO, BENCHMARK="resnet", CONT="nvcr.io#mlperf/stack:1",
                     DATADIR=tmp_path / "imagenet", LOGDIR=tmp_path / "results", NEXP=2, SEED_BASE=10,
-                    DATESTAMP="stamp", CHECK_COMPLIANCE=0, EXTRA_MOUNTS="/lustre/ckpt:/ckpt")
+                    DATESTAMP="stamp", CHECK_COMPLIANCE=0, EXTRA_MOUNTS="/lustre/ckpt:/ckpt",
+                    LOAD_CHECKPOINTS_PATH="/lustre/init/ckpt4000")
     (tmp_path / "imagenet").mkdir()
     # The 8-node config cut to the 2 nodes of the fake allocation.
     env.update(source_config(LAUNCHERS / "resnet" / "config_DGXH100_08x08x51.sh", DGXNNODES=2))
@@ -363,7 +375,8 @@ EOF""")
     assert len(training) == 2
     for i, step in enumerate(training, start=1):
         argv = step["argv"]
-        mounts = f"--container-mounts={tmp_path}/imagenet:/data,{tmp_path}/results:/results,/lustre/ckpt:/ckpt"
+        mounts = (f"--container-mounts={tmp_path}/imagenet:/data,{tmp_path}/results:/results,/lustre/ckpt:/ckpt,"
+                  "/lustre/init/ckpt4000:/load_checkpoints:ro")
         for flag in (name, mounts,
                      "--container-workdir=/workspace/mlperf", "--container-env=MASTER_PORT,MASTER_ADDR",
                      "--no-container-mount-home", "-l", "--kill-on-bad-exit=1", "--ntasks=16", "--ntasks-per-node=8"):
@@ -371,7 +384,8 @@ EOF""")
         # Paths as the container sees them; a fresh seed per run; rank 0's host serves the rendezvous.
         assert step["env"] == {"DATADIR": "/data", "LOGDIR": "/results", "RUNDIR": f"/results/stamp_{i}",
                                "SEED": str(9 + i), "MASTER_ADDR": "node001", "MASTER_PORT": "29500",
-                               "BENCHMARK": "resnet", "FLAVOUR": "dgxh100_8x8", "DGXSYSTEM": "DGXH100_08x08x51"}
+                               "BENCHMARK": "resnet", "FLAVOUR": "dgxh100_8x8", "DGXSYSTEM": "DGXH100_08x08x51",
+                               "LOAD_CHECKPOINTS_PATH": "/load_checkpoints"}
     # The cache drop runs on the host (no container), once per node, on the host's dataset path, before each run.
     drops = [i for i, a in enumerate(argvs) if any("dropcache.py" in x for x in a)]
     assert len(drops) == 2 and all(not any(x.startswith("--container") for x in argvs[i]) for i in drops)
@@ -593,3 +607,31 @@ def test_sbatch_resnet_sub_cpu_config(local_slurm, resnet_debug_data, tmp_path):
         assert_compliant(run_dir / "mlperf_log.txt")
         run_config = json.loads((run_dir / "run_config.json").read_text())
         assert run_config["launcher"] == "slurm" and run_config["layout"].startswith("world=2 ")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sbatch_gpt3_sub_cpu_config(local_slurm, gpt3_debug_data, tmp_path):
+    """`sbatch launchers/gpt3.sub` as a user submits it, TP=2 over the node's two tasks, starting from the
+    reference-layout checkpoint handed over as LOAD_CHECKPOINTS_PATH."""
+    logdir = tmp_path / "results"
+    config = LAUNCHERS / "gpt3" / "config_CPU_01x02x16x2x1_mbs4.sh"
+    env = clean_env(DATADIR=gpt3_debug_data, LOAD_CHECKPOINTS_PATH=gpt3_debug_data / "init_checkpoint", LOGDIR=logdir,
+                    NEXP=1, SEED_BASE=11, DATESTAMP="gpt3run", MASTER_PORT=free_port(), DROPCACHE_METHOD="fadvise",
+                    CHECK_COMPLIANCE=0, WALLTIME_RUNANDTIME=20)
+    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable -o {shlex.quote(str(tmp_path))}/slurm-%j.out "
+              f"-N $DGXNNODES -t $WALLTIME launchers/gpt3.sub")
+    r = run(["bash", "-c", submit], env)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().split(";")[0]
+    wait_for_job(job_id, timeout_s=(20 + 5 + 2) * 60)
+    job_output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert job_field(job_id, "JobState") == "COMPLETED", job_output[-4000:]
+    log = logdir / "gpt3run_1.log"
+    text = log.read_text()
+    assert f"loaded the initial checkpoint {gpt3_debug_data}/init_checkpoint" in text, text[-3000:]
+    assert re.search(r"^(\S+: )?RESULT,gpt3,\d+,[\d.]+,success,", text, re.M), text[-3000:]
+    assert json.loads((logdir / "gpt3run_1" / "run_config.json").read_text())["config"]["parallel"]["tp"] == 2
+    # The two closed rules a CPU-sized model cannot meet fail; nothing else does.
+    _, report = compliance(log)
+    assert set(re.findall(r"CHECK for '(\w+)' failed", report)) == {"max_sequence_length", "opt_base_learning_rate"}, report

@@ -299,6 +299,10 @@ class GPT3Benchmark(Benchmark):
                       "run measures throughput but is not a valid MLPerf GPT-3 run", flush=True)
             return
         path = d.init_checkpoint if os.path.isabs(d.init_checkpoint) else os.path.join(ctx.data_dir, d.init_checkpoint)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"data.init_checkpoint: {path} is not a directory (the reference checkpoint: "
+                                    "models/gpt3/prepare/README.md; for the debug flavour, synthesize the data into a "
+                                    "new directory: python -m runtime.synthesize gpt3 --flavour debug --out DIR)")
         r = load_reference_checkpoint(path, self.model, self.optimizer)
         if ctx.is_main:
             print(f"gpt3: loaded the initial checkpoint {path} (Adam step {r.step}): rank 0 read "

@@ -224,9 +224,10 @@ class GPT3Benchmark(Benchmark):
         layout, data = self.ctx.layout, self.valid_data
         mbs = self.cfg.train.eval_micro_batch_size or self.cfg.train.micro_batch_size
         # DP rank r evaluates a contiguous share; every replica runs the same number of micro-batches
-        # (padded with fully masked samples), which the pipeline schedule needs within a replica.
-        per_rank = math.ceil(len(data) / layout.dp)
-        per_rank = math.ceil(per_rank / mbs) * mbs
+        # (padded with fully masked samples), which the pipeline schedule needs within a replica, and the
+        # interleaved schedule wants that number to be a multiple of pp (it runs them in groups of pp).
+        group = mbs * (layout.pp if self.config.virtual_pipeline_model_parallel_size else 1)
+        per_rank = math.ceil(math.ceil(len(data) / layout.dp) / group) * group
         mine = range(layout.dp_rank * per_rank, min((layout.dp_rank + 1) * per_rank, len(data)))
         blank = dict(data[0], labels=np.full(self.seq_length, -1, dtype=np.int64))
         samples = [data[i] for i in mine] + [blank] * (per_rank - len(mine))
@@ -306,7 +307,7 @@ class GPT3Benchmark(Benchmark):
         r = load_reference_checkpoint(path, self.model, self.optimizer)
         if ctx.is_main:
             print(f"gpt3: loaded the initial checkpoint {path} (Adam step {r.step}): rank 0 read "
-                  f"{r.bytes_read / 2**30:.2f} GiB from {r.arrays_read} arrays in {r.seconds:.1f} s", flush=True)
+                  f"{r.bytes_read / 2**20:.1f} MiB from {r.arrays_read} arrays in {r.seconds:.1f} s", flush=True)
 
     def save_checkpoint(self, directory: str, common: dict) -> None:
         checkpointing.save(directory, self.model, self.optimizer, common)

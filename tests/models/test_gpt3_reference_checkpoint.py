@@ -14,7 +14,7 @@ from models.gpt3.reference_checkpoint import (ReferenceCheckpointError, _Reader,
                                               reference_key, reference_shapes, write_synthetic_reference_checkpoint)
 from runtime.zarr_array import write_zarr
 
-pytest.importorskip("zarr")
+zarr = pytest.importorskip("zarr")
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,84 @@ def test_verify_checkpoint_passes_a_complete_one_and_names_each_problem(tmp_path
     assert lines[-1].endswith("2 problems"), r.stdout
     assert f"{chunk}: 100 bytes, expected 32768" in lines
     assert any("exp_avg_sq.language_model.encoder.final_layernorm.bias: no zarr array here" in ln for ln in lines)
+
+
+# -- the loaded model computes what the checkpoint means ------------------------------------------------------
+
+def _legacy_megatron_log_ppl(ckpt, data_dir, m, qkv_order="head_major"):
+    """Validation log-perplexity of the checkpoint by a plain-torch GPT written from Megatron-LM's legacy
+    semantics (pre-LN, learned positions, fused QKV rows ordered (head, q|k|v, head_dim), GeLU, tied
+    output layer), reading the arrays with the zarr package: independent of megatron-core and our reader."""
+    import numpy as np
+
+    from models.gpt3.config import debug as debug_cfg
+    from pipelines.megatron_data.dataset import ValidationSamples
+    from pipelines.megatron_data.indexed import IndexedDataset
+
+    def arr(name):
+        return torch.from_numpy(np.asarray(zarr.open(str(ckpt / name), mode="r")[...])).double()
+
+    L, h, nh = m.num_layers, m.hidden_size, m.num_attention_heads
+    hn = h // nh
+    layer = {k: arr("language_model.encoder.layers." + k) for k in (
+        "input_layernorm.weight", "input_layernorm.bias", "self_attention.query_key_value.weight",
+        "self_attention.query_key_value.bias", "self_attention.dense.weight", "self_attention.dense.bias",
+        "post_attention_layernorm.weight", "post_attention_layernorm.bias", "mlp.dense_h_to_4h.weight",
+        "mlp.dense_h_to_4h.bias", "mlp.dense_4h_to_h.weight", "mlp.dense_4h_to_h.bias")}
+    wte, wpe = arr("language_model.embedding.word_embeddings.weight"), arr("language_model.embedding.position_embeddings.weight")
+    lnf = arr("language_model.encoder.final_layernorm.weight"), arr("language_model.encoder.final_layernorm.bias")
+    ln = lambda x, w, b: torch.nn.functional.layer_norm(x, (h,), w, b, eps=m.layernorm_epsilon)  # noqa: E731
+
+    valid = ValidationSamples(IndexedDataset(str(data_dir / debug_cfg().data.valid_prefix)), m.seq_length)
+    tokens = torch.from_numpy(np.stack([valid[i]["tokens"] for i in range(len(valid))])).long()
+    labels = torch.from_numpy(np.stack([valid[i]["labels"] for i in range(len(valid))])).long()
+    b, s = tokens.shape
+    x = wte[tokens] + wpe[:s]
+    causal = torch.triu(torch.ones(s, s, dtype=torch.bool), 1)
+    for i in range(L):
+        y = ln(x, layer["input_layernorm.weight"][i], layer["input_layernorm.bias"][i])
+        qkv = y @ layer["self_attention.query_key_value.weight"][i].T + layer["self_attention.query_key_value.bias"][i]
+        if qkv_order == "head_major":
+            q, k, v = qkv.view(b, s, nh, 3, hn).unbind(3)
+        else:  # [q of all heads | k | v]: what a wrong reading of the fused rows would assume
+            q, k, v = qkv.view(b, s, 3, nh, hn).unbind(2)
+        scores = torch.einsum("bqnd,bknd->bnqk", q, k) / hn ** 0.5
+        att = torch.einsum("bnqk,bknd->bqnd", scores.masked_fill(causal, float("-inf")).softmax(-1), v)
+        x = x + att.reshape(b, s, h) @ layer["self_attention.dense.weight"][i].T + layer["self_attention.dense.bias"][i]
+        y = ln(x, layer["post_attention_layernorm.weight"][i], layer["post_attention_layernorm.bias"][i])
+        y = torch.nn.functional.gelu(y @ layer["mlp.dense_h_to_4h.weight"][i].T + layer["mlp.dense_h_to_4h.bias"][i])
+        x = x + y @ layer["mlp.dense_4h_to_h.weight"][i].T + layer["mlp.dense_4h_to_h.bias"][i]
+    logits = ln(x, *lnf) @ wte.T
+    mask = labels >= 0
+    nll = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
+    return float(nll / mask.sum())
+
+
+@pytest.fixture(scope="module")
+def trained_looking_checkpoint(tmp_path_factory):
+    """Weights with std 0.3 instead of 0.02: attention far from uniform, so any misreading shows."""
+    from dataclasses import replace
+
+    out = tmp_path_factory.mktemp("gpt3_std03_ckpt")
+    write_synthetic_reference_checkpoint(replace(debug().model, init_method_std=0.3), str(out), step=3, seed=8)
+    return out
+
+
+@pytest.mark.parametrize("ranks,layout", [(2, ["parallel.tp=2"]), (2, ["parallel.pp=2", "train.virtual_pp=2"])],
+                         ids=["tp2", "pp2_interleaved"])
+def test_megatron_evaluates_the_checkpoint_as_legacy_megatron_would(gpt3_debug_data, trained_looking_checkpoint,
+                                                                   tmp_path, ranks, layout):
+    from conftest import train_command
+
+    m = debug().model
+    expected = _legacy_megatron_log_ppl(trained_looking_checkpoint, gpt3_debug_data, m)
+    wrong = _legacy_megatron_log_ppl(trained_looking_checkpoint, gpt3_debug_data, m, qkv_order="qkv_major")
+    assert abs(wrong - expected) > 1e-3 * expected  # 100x the tolerance below: the readings are told apart
+    cmd = train_command("gpt3", gpt3_debug_data, tmp_path, "--eval-only", f"data.init_checkpoint={trained_looking_checkpoint}",
+                        f"data.index_cache_dir={tmp_path}", *layout)
+    procs = spawn_ranks(ranks, cmd)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * ranks, "\n".join(o[-3000:] for o in outs)
+    value = float(next(line for line in outs[0].splitlines() if line.startswith("EVAL,gpt3,log_perplexity,")).split(",")[-1])
+    assert value == pytest.approx(expected, rel=1e-5), (value, expected, wrong)
+    assert not (tmp_path / "mlperf_log.txt").exists()  # an evaluation is not a run

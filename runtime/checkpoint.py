@@ -1,5 +1,8 @@
 """Checkpoints: atomic writes, weights-only reads, and SIGTERM turned into a save-and-exit.
 
+Two shapes: one file written by rank 0 (`save_atomic`, for replicated state), or a step directory every
+rank writes its shards into (`save_step_dir`, for sharded state: GPT-3, DLRM's tables).
+
 A checkpoint holds only tensors and plain Python values, so it loads with `torch.load(weights_only=True)`
 and never runs pickled code. It is written to a temporary file in the same directory, fsynced and
 renamed over the old one, so a job killed mid-write leaves the previous checkpoint intact.
@@ -8,6 +11,7 @@ renamed over the old one, so a job killed mid-write leaves the previous checkpoi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 
@@ -80,3 +84,44 @@ class PreemptionFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+# -- sharded checkpoints: one directory per save, every rank writing its part -------------------------------
+STEP_POINTER = "latest"  # text file naming the newest complete step directory
+_KEEP = 2  # complete step directories kept; older ones are removed after a save
+
+
+def save_step_dir(directory: str, step: int, write, *, is_main: bool, barrier) -> str:
+    """Collective. Every rank calls `write(tmp_dir)` into `<directory>/.tmp-step_N`; once all have finished,
+    rank 0 renames it to `step_N`, points `latest` at it (atomically) and prunes old ones. A job killed
+    mid-save leaves `latest` on the previous complete checkpoint."""
+    name = f"step_{step:08d}"
+    final, tmp = os.path.join(directory, name), os.path.join(directory, ".tmp-" + name)
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier()
+    write(tmp)
+    barrier()
+    if is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_text_atomic(os.path.join(directory, STEP_POINTER), name + "\n")
+        older = sorted(d for d in os.listdir(directory) if d.startswith("step_") and d != name)
+        for stale in older[: max(0, len(older) - (_KEEP - 1))]:
+            shutil.rmtree(os.path.join(directory, stale), ignore_errors=True)
+    barrier()
+    return final
+
+
+def latest_step_dir(directory: str) -> str | None:
+    """The step directory `latest` names; None when there is no checkpoint yet."""
+    pointer = os.path.join(directory, STEP_POINTER)
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.read().strip()
+    path = os.path.join(directory, name)
+    if not name or not os.path.isdir(path):
+        raise RuntimeError(f"{pointer} names {name!r}, which is not a checkpoint directory in {directory}")
+    return path

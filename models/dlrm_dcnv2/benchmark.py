@@ -9,6 +9,7 @@ a last block ending at the epoch (1.0). The learning rate is constant (closed ru
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ from models.dlrm_dcnv2.config import DLRMConfig
 from models.dlrm_dcnv2.model import build_dlrm
 from models.dlrm_dcnv2.parallelize import parallelize, reset_optimizer_state, set_learning_rate, unwrap
 from pipelines.criteo.format import NUM_DENSE, sparse_feature_names
+from runtime import checkpoint
 from runtime.benchmark import Benchmark, Block, RunContext
 from runtime.precision import autocast, autocast_dtype
 
@@ -237,20 +239,55 @@ class DLRMBenchmark(Benchmark):
         return {name: p._in_backward_optimizers[0] for name, p in unwrap(self.model).embeddings.named_parameters()}
 
     def state_dict(self) -> dict:
-        if self.ctx.launch.world_size > 1:
-            # The loop saves rank 0's state into one file; sharded tables need torch.distributed.checkpoint.
-            raise NotImplementedError("dlrm_dcnv2 checkpoints are single-rank only (sharded tables would need "
-                                      "torch.distributed.checkpoint); run without run.checkpoint_dir")
+        """One rank: the whole state (the loop's single-file checkpoint)."""
         return {"model": self.model.state_dict(), "dense_optimizer": self.dense_optimizer.state_dict(),
                 "embedding_optimizers": {k: o.state_dict() for k, o in self._embedding_optimizers().items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.ctx.launch.world_size > 1:
-            raise NotImplementedError("dlrm_dcnv2 checkpoints are single-rank only")
         self.model.load_state_dict(state["model"])
         self.dense_optimizer.load_state_dict(state["dense_optimizer"])
         for name, opt in self._embedding_optimizers().items():
             opt.load_state_dict(state["embedding_optimizers"][name])
+
+    # Several ranks: the sharded tables and their fused Adagrad accumulators go through
+    # torch.distributed.checkpoint (each rank writes its own shards, and a run sharded differently can read
+    # them back); the replicated dense optimizer state and the loop's position go in a weights-only file
+    # from rank 0. A step directory per save (runtime/checkpoint.save_step_dir).
+    _REPLICATED = "replicated.pt"
+
+    def _sharded_state(self) -> dict:
+        return {"model": self.model.state_dict(), "fused_optimizer": self.model.fused_optimizer.state_dict()}
+
+    def save_checkpoint(self, directory: str, common: dict) -> None:
+        if self.ctx.launch.world_size == 1:
+            return super().save_checkpoint(directory, common)
+        import torch.distributed.checkpoint as dcp
+
+        def write(path: str) -> None:
+            dcp.save(self._sharded_state(), checkpoint_id=path)
+            if self.ctx.is_main:
+                checkpoint.save_atomic({**common, "dense_optimizer": self.dense_optimizer.state_dict()},
+                                       os.path.join(path, self._REPLICATED))
+
+        checkpoint.save_step_dir(directory, int(common["loop"]["global_step"]), write, is_main=self.ctx.is_main,
+                                 barrier=dist.barrier)
+
+    def load_checkpoint(self, directory: str, check) -> dict | None:
+        if self.ctx.launch.world_size == 1:
+            return super().load_checkpoint(directory, check)
+        import torch.distributed.checkpoint as dcp
+
+        path = checkpoint.latest_step_dir(directory)
+        if path is None:
+            return None
+        replicated = checkpoint.load(os.path.join(path, self._REPLICATED))
+        check(replicated, path)
+        state = self._sharded_state()
+        dcp.load(state, checkpoint_id=path)  # in place, into this run's own shards
+        self.model.load_state_dict(state["model"])
+        self.model.fused_optimizer.load_state_dict(state["fused_optimizer"])
+        self.dense_optimizer.load_state_dict(replicated["dense_optimizer"])
+        return replicated
 
     def _close_train_iter(self) -> None:
         if self._train_iter is not None and hasattr(self._train_iter, "close"):

@@ -12,17 +12,13 @@ one. Loading asks megatron-core for this rank's current layout, so a run saved a
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import psutil  # noqa: F401  megatron's writer processes import it; without it they die and the save hangs
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
-from runtime.checkpoint import write_text_atomic
+from runtime import checkpoint
 
-LATEST = "latest"
-_KEEP = 2  # complete checkpoints kept; older ones are removed after a save
+LATEST = checkpoint.STEP_POINTER
 
 
 def sharded_state(chunks, optimizer, *, is_loading: bool = False) -> dict:
@@ -36,36 +32,17 @@ def _barrier() -> None:
 
 
 def save(directory: str, chunks, optimizer, common: dict) -> str:
-    name = f"step_{int(common['loop']['global_step']):08d}"
-    final, tmp = os.path.join(directory, name), os.path.join(directory, ".tmp-" + name)
+    state = {**sharded_state(chunks, optimizer), "common": common}
     main = not dist.is_initialized() or dist.get_rank() == 0
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    _barrier()
-    dist_checkpointing.save({**sharded_state(chunks, optimizer), "common": common}, tmp)
-    _barrier()
-    if main:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        write_text_atomic(os.path.join(directory, LATEST), name + "\n")
-        older = sorted(d for d in os.listdir(directory) if d.startswith("step_") and d != name)
-        for stale in older[: max(0, len(older) - (_KEEP - 1))]:
-            shutil.rmtree(os.path.join(directory, stale), ignore_errors=True)
-    _barrier()
-    return final
+    return checkpoint.save_step_dir(directory, int(common["loop"]["global_step"]),
+                                    lambda path: dist_checkpointing.save(state, path), is_main=main, barrier=_barrier)
 
 
 def load(directory: str, chunks, optimizer, check) -> dict | None:
     """Restore the checkpoint `latest` names; None when there is none. `check(common, where)` may raise."""
-    pointer = os.path.join(directory, LATEST)
-    if not os.path.exists(pointer):
+    path = checkpoint.latest_step_dir(directory)
+    if path is None:
         return None
-    with open(pointer) as f:
-        name = f.read().strip()
-    path = os.path.join(directory, name)
-    if not name or not os.path.isdir(path):
-        raise RuntimeError(f"{pointer} names {name!r}, which is not a checkpoint directory in {directory}")
     common = dist_checkpointing.load_common_state_dict(path)
     if "common" not in common:
         raise RuntimeError(f"checkpoint {path}: missing key 'common' (not written by this benchmark?)")

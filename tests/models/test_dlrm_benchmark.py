@@ -139,3 +139,25 @@ def test_state_dict_round_trip_gives_the_same_next_steps(dlrm_debug_data, tmp_pa
     assert [float(resumed.train_step(step)) for step in (2, 3)] == expected
     bench.close()
     resumed.close()
+
+
+def test_two_sharded_ranks_resume_onto_the_uninterrupted_run(dlrm_debug_data, tmp_path):
+    """torch.distributed.checkpoint of the sharded tables and fused Adagrad accumulators, plus rank 0's file
+    of the dense optimizer: a run stopped after step 6 continues onto the losses of one that never stopped."""
+    common = ["--seed", "7", "run.log_every_steps=1"]
+    ck = f"run.checkpoint_dir={tmp_path / 'ck'}"
+
+    def run(name, *args):
+        procs = spawn_ranks(2, train_command("dlrm_dcnv2", dlrm_debug_data, tmp_path / name, *common, *args))
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [EXIT_NOT_CONVERGED] * 2, outs[0][-3000:] + outs[1][-3000:]
+        return _losses(tmp_path / name), outs[0]
+
+    full, _ = run("full", f"run.max_steps={STEPS}")
+    run("first", ck, "run.max_steps=6")
+    assert (tmp_path / "ck" / "latest").read_text().strip() == "step_00000006"
+    resumed, out = run("resumed", ck, f"run.max_steps={STEPS}")
+    assert "resumed from" in out
+    assert sorted(resumed) == list(range(7, STEPS + 1))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(full[step], rel=1e-6), (step, resumed, full)

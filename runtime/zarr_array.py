@@ -13,7 +13,8 @@ package is installed. bfloat16, which numpy lacks, is spelled "bfloat16" in `.za
 extension) and read as raw 16-bit words reinterpreted by torch.
 
 A rank reads only the chunks its region touches, so a 175B model's TP/PP shard is read without reading
-the whole checkpoint. Any inconsistency (missing or short chunk file, unknown dtype, bad header) raises
+the whole checkpoint; where the part of a raw chunk it needs is one contiguous run of bytes (a TP shard of
+rows always is), only those bytes are read, straight into the result. Any inconsistency (missing or short chunk file, unknown dtype, bad header) raises
 ZarrError naming the file.
 """
 
@@ -83,9 +84,15 @@ class ZarrArray:
             raw = numcodecs.get_codec(codec).decode(raw)
         return bytes(raw)
 
+    def _chunk_file(self, index: tuple[int, ...]) -> str:
+        return os.path.join(self.path, self.separator.join(str(i) for i in index) if index else "0")
+
+    def _size_error(self, chunk_file: str, size: int, expected: int) -> ZarrError:
+        return ZarrError(f"{chunk_file}: {size} bytes, a {self.chunks} chunk of {self.dtype} has {expected} "
+                         f"(truncated or foreign file)")
+
     def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
-        name = self.separator.join(str(i) for i in index) if index else "0"
-        chunk_file = os.path.join(self.path, name)
+        chunk_file = self._chunk_file(index)
         try:
             with open(chunk_file, "rb") as f:
                 raw = self._decode(f.read(), chunk_file)
@@ -95,16 +102,53 @@ class ZarrArray:
         storage = _storage_dtype(self.dtype)
         expected = math.prod(self.chunks) * storage.itemsize
         if len(raw) != expected:
-            raise ZarrError(f"{chunk_file}: {len(raw)} bytes, a {self.chunks} chunk of {self.dtype} has {expected} "
-                            f"(truncated or foreign file)")
+            raise self._size_error(chunk_file, len(raw), expected)
         return np.frombuffer(raw, dtype=storage).reshape(self.chunks)
+
+    def _byte_range(self, src: list[slice]) -> tuple[int, int] | None:
+        """(offset, length) of `src` inside a raw chunk file when that block is one contiguous run of bytes
+        in C order (leading dims of extent 1, one partial dim, full trailing dims), else None."""
+        if self._codecs or not src:
+            return None
+        extents = [sl.stop - sl.start for sl in src]
+        k = next((d for d in range(len(src)) if extents[d] != 1), len(src))
+        if any(extents[d] != self.chunks[d] for d in range(k + 1, len(src))):
+            return None
+        itemsize = _storage_dtype(self.dtype).itemsize
+        strides = [math.prod(self.chunks[d + 1:]) for d in range(len(src))]
+        offset = sum(sl.start * st for sl, st in zip(src, strides))
+        return offset * itemsize, math.prod(extents) * itemsize
+
+    def _read_into(self, index: tuple[int, ...], byte_range: tuple[int, int], dst: np.ndarray) -> None:
+        """Read one contiguous run of a raw chunk straight into `dst` (one copy, only the bytes needed)."""
+        chunk_file = self._chunk_file(index)
+        expected = math.prod(self.chunks) * _storage_dtype(self.dtype).itemsize
+        try:
+            fd = os.open(chunk_file, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ZarrError(f"{chunk_file}: chunk missing from the array (shape {self.shape}, chunks "
+                            f"{self.chunks})") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != expected:
+                raise self._size_error(chunk_file, size, expected)
+            offset, length = byte_range
+            view = memoryview(dst).cast("B")
+            done = 0
+            while done < length:  # preadv may return short reads on network file systems
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n <= 0:
+                    raise self._size_error(chunk_file, offset + done, expected)
+                done += n
+        finally:
+            os.close(fd)
 
     def check_chunk_files(self) -> list[str]:
         """Problems with the chunk files (missing; wrong size when uncompressed), without reading them."""
         found = []
         expected = math.prod(self.chunks) * _storage_dtype(self.dtype).itemsize
         for index in itertools.product(*(range(math.ceil(s / c)) for s, c in zip(self.shape, self.chunks))):
-            chunk_file = os.path.join(self.path, self.separator.join(str(i) for i in index) if index else "0")
+            chunk_file = self._chunk_file(index)
             try:
                 size = os.path.getsize(chunk_file)
             except FileNotFoundError:
@@ -129,13 +173,17 @@ class ZarrArray:
         out = np.empty([b - a for a, b in bounds], dtype=storage)
         grids = [range(a // c, (b - 1) // c + 1) if b > a else range(0) for (a, b), c in zip(bounds, self.chunks)]
         for index in itertools.product(*grids):
-            chunk = self._chunk(index)
             src, dst = [], []
             for i, (a, b), c in zip(index, bounds, self.chunks):
                 lo, hi = max(a, i * c), min(b, (i + 1) * c)
                 src.append(slice(lo - i * c, hi - i * c))
                 dst.append(slice(lo - a, hi - a))
-            out[tuple(dst)] = chunk[tuple(src)]
+            target = out[tuple(dst)] if dst else out  # a 0-d index would give a scalar, not a view
+            byte_range = self._byte_range(src)
+            if byte_range is not None and target.flags.c_contiguous:
+                self._read_into(index, byte_range, target)
+            else:
+                target[...] = self._chunk(index)[tuple(src)]
         tensor = torch.from_numpy(out)
         return tensor.view(torch.bfloat16) if self.dtype == torch.bfloat16 else tensor
 

@@ -89,3 +89,13 @@ def test_region_outside_the_array_is_refused(tmp_path):
     write_zarr(str(tmp_path / "f"), torch.zeros(4, 4))
     with pytest.raises(ZarrError, match="outside shape"):
         ZarrArray(str(tmp_path / "f")).read((slice(0, 5), slice(0, 4)))
+
+
+def test_row_shards_of_raw_chunks_are_read_without_whole_chunks(tmp_path, monkeypatch):
+    """A TP shard of rows is one contiguous byte run per chunk: read directly, never the whole chunk."""
+    data = torch.arange(4 * 8 * 6, dtype=torch.float32).reshape(4, 8, 6)
+    write_zarr(str(tmp_path / "g"), data, chunks=(1, 4, 6))
+    arr = ZarrArray(str(tmp_path / "g"))
+    monkeypatch.setattr(ZarrArray, "_chunk", lambda self, index: pytest.fail(f"whole chunk {index} read"))
+    assert torch.equal(arr.read((slice(0, 4), slice(2, 6), slice(0, 6))), data[:, 2:6])
+    assert torch.equal(arr.read((slice(1, 3), slice(5, 6), slice(0, 6))), data[1:3, 5:6])

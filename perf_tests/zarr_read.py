@@ -8,6 +8,9 @@ chunks), warm page cache, best of `--repeats`:
   (a) ours: runtime/zarr_array.ZarrArray.read
   (b) baseline: the zarr package (2.x), `zarr.open(path)[region]`
   (c) floor: numpy reading the same chunk files whole into one buffer (no slicing logic at all)
+Then the loader's concurrency: the TP=2 shard of each of `--arrays` smaller arrays, read by 1, 2 and 8
+threads (as models/gpt3/reference_checkpoint.py does with data.init_checkpoint_threads), with the files'
+pages evicted first (posix_fadvise DONTNEED after a sync), so the reads come from the disk.
 
     python perf_tests/zarr_read.py [--layers 8] [--rows 6144] [--cols 4096] [--repeats 3]
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=6144)
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--arrays", type=int, default=16)
     args = p.parse_args(argv)
     import zarr
 
@@ -84,7 +89,45 @@ def main(argv=None) -> int:
             raw_bytes = sum(os.path.getsize(f) for f in files)
             print(f"| {name} | {nbytes / 2**20:.0f} | {nbytes / t_ours / 1e9:.2f} | {nbytes / t_zarr / 1e9:.2f} | "
                   f"{t_zarr / t_ours:.2f}x | {raw_bytes / t_raw / 1e9:.2f} |")
+        shutil.rmtree(path)
+        threaded(tmp, args.arrays, L, R // 4, C)
     return 0
+
+
+def evict(paths) -> None:
+    os.sync()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def threaded(tmp: str, count: int, L: int, R: int, C: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrays = []
+    for k in range(count):
+        path = os.path.join(tmp, f"a{k}")
+        write_zarr(path, torch.randn(L, R, C), chunks=(1, R // 2, C))
+        arrays.append(ZarrArray(path))
+    files = [os.path.join(a.path, f) for a in arrays for f in os.listdir(a.path)]
+    region = (slice(0, L), slice(R // 2, R), slice(0, C))
+    nbytes = count * L * (R // 2) * C * 4
+    print(f"\n{count} arrays [{L}, {R}, {C}] fp32, TP=2 shard of each ({nbytes / 2**20:.0f} MiB), pages evicted "
+          "before each read\n")
+    print("| threads | GB/s | vs 1 thread |")
+    print("|---|---|---|")
+    base = None
+    for threads in (1, 2, 8):
+        evict(files)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda a: a.read(region), arrays))
+        seconds = time.perf_counter() - start
+        base = base or seconds
+        print(f"| {threads} | {nbytes / seconds / 1e9:.2f} | {base / seconds:.2f}x |")
 
 
 if __name__ == "__main__":

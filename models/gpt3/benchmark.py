@@ -304,7 +304,7 @@ class GPT3Benchmark(Benchmark):
             raise FileNotFoundError(f"data.init_checkpoint: {path} is not a directory (the reference checkpoint: "
                                     "models/gpt3/prepare/README.md; for the debug flavour, synthesize the data into a "
                                     "new directory: python -m runtime.synthesize gpt3 --flavour debug --out DIR)")
-        r = load_reference_checkpoint(path, self.model, self.optimizer)
+        r = load_reference_checkpoint(path, self.model, self.optimizer, threads=d.init_checkpoint_threads)
         if ctx.is_main:
             print(f"gpt3: loaded the initial checkpoint {path} (Adam step {r.step}): rank 0 read "
                   f"{r.bytes_read / 2**20:.1f} MiB from {r.arrays_read} arrays in {r.seconds:.1f} s", flush=True)

@@ -53,6 +53,7 @@ class DataConfig:
     # The initial checkpoint (Megatron zarr layout: models/gpt3/reference_checkpoint.py), absolute or
     # relative to --data-dir. Empty: random weights, which only a throughput run may use.
     init_checkpoint: str = ""
+    init_checkpoint_threads: int = 8  # concurrent reads per rank (a parallel file system wants several)
     eval_tokens: int = 11_590_004  # validation tokens (logged as eval_samples, as NVIDIA does); checked on open
     # Only for `python -m runtime.synthesize`: a learnable Markov language in the real file layout.
     synthetic_seed: int = 1234

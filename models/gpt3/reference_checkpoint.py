@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -115,14 +117,16 @@ class _Reader:
         self.ckpt_dir = ckpt_dir
         self.arrays: dict[str, ZarrArray] = {}
         self.bytes_read = 0
+        self._lock = threading.Lock()  # fill() runs in several threads
 
     def array(self, key: str) -> ZarrArray | None:
-        if key not in self.arrays:
-            path = os.path.join(self.ckpt_dir, key)
-            if not os.path.isdir(path):
-                return None
-            self.arrays[key] = ZarrArray(path)
-        return self.arrays[key]
+        with self._lock:
+            if key not in self.arrays:
+                path = os.path.join(self.ckpt_dir, key)
+                if not os.path.isdir(path):
+                    return None
+                self.arrays[key] = ZarrArray(path)
+            return self.arrays[key]
 
     def fill(self, sh: ShardedTensor) -> torch.Tensor:
         name, fallback = reference_key(sh.key)
@@ -146,7 +150,8 @@ class _Reader:
             local.copy_(full.reshape(sh.local_shape))
         if sh.flattened_range is not None:  # a distributed-optimizer shard of this tensor
             local = local.flatten()[sh.flattened_range]
-        self.bytes_read += local.numel() * local.element_size()
+        with self._lock:
+            self.bytes_read += local.numel() * local.element_size()
         return local.to(sh.dtype)
 
 
@@ -166,49 +171,61 @@ def _data_parallel():
             parallel_state.get_data_parallel_rank() == 0)
 
 
-def _fill(state: dict, reader: _Reader, group, src: int | None, reading: bool) -> None:
-    """Replace every ShardedTensor in `state` by its data. With data parallelism the first DP rank reads
-    and broadcasts (the replicas hold identical shards, so the file system serves each byte once per
-    model-parallel rank instead of once per GPU); a read error on it is raised on every replica."""
-    tensors, error = [], None
+class _Slot:
+    """Where a tensor goes in the state dict once it has been read."""
 
-    def fill(x):
+    def __init__(self, index: int):
+        self.index = index
+
+
+def _fill(state: dict, reader: _Reader, group, src: int | None, reading: bool, threads: int) -> None:
+    """Replace every ShardedTensor in `state` by its data, read by `threads` threads at once (parallel reads
+    are what a parallel file system serves fast). With data parallelism the first DP rank reads and
+    broadcasts (the replicas hold identical shards, so the file system serves each byte once per
+    model-parallel rank instead of once per GPU); a read error on it is raised on every replica."""
+    wanted: list[ShardedTensor] = []
+
+    def collect(x):
         if isinstance(x, ShardedTensor):
-            if reading:
-                t = reader.fill(x)
-            else:
-                shape = x.local_shape if x.flattened_range is None else (x.flattened_range.stop - x.flattened_range.start,)
-                t = torch.empty(shape, dtype=x.dtype)
-            tensors.append(t)
-            return t
+            wanted.append(x)
+            return _Slot(len(wanted) - 1)
         if isinstance(x, ShardedObject):  # TE's FP8 metadata: not in the reference, keep what the layer has
             return x.data
         if isinstance(x, LocalNonpersistentObject):  # this rank's optimizer param groups
             return x.unwrap()
         return x
 
-    try:
-        dict_list_map_inplace(fill, state)
-    except (ReferenceCheckpointError, ZarrError) as e:
-        error = e if isinstance(e, ReferenceCheckpointError) else ReferenceCheckpointError(str(e))
-    if group is None:
-        if error:
-            raise error
-        return
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
-    failed = torch.tensor([1 if error else 0], device=device)
-    dist.broadcast(failed, src=src, group=group)
-    if failed.item():
-        raise error or ReferenceCheckpointError(f"{reader.ckpt_dir}: the first data-parallel rank (global rank "
-                                                f"{src}) could not read the checkpoint; its error names the file")
-    for t in tensors:
-        buf = t.to(device)
-        dist.broadcast(buf, src=src, group=group)
-        if buf is not t:
-            t.copy_(buf)
+    dict_list_map_inplace(collect, state)
+    error, tensors = None, []
+    if reading:
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+                tensors = list(pool.map(reader.fill, wanted))
+        except (ReferenceCheckpointError, ZarrError) as e:
+            error = e if isinstance(e, ReferenceCheckpointError) else ReferenceCheckpointError(str(e))
+    else:
+        tensors = [torch.empty(x.local_shape if x.flattened_range is None else
+                               (x.flattened_range.stop - x.flattened_range.start,), dtype=x.dtype) for x in wanted]
+    if group is not None:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
+            else torch.device("cpu")
+        failed = torch.tensor([1 if error else 0], device=device)
+        dist.broadcast(failed, src=src, group=group)
+        if failed.item() and not error:
+            error = ReferenceCheckpointError(f"{reader.ckpt_dir}: the first data-parallel rank (global rank {src}) "
+                                             "could not read the checkpoint; its error names the file")
+        if not error:
+            for t in tensors:
+                buf = t.to(device)
+                dist.broadcast(buf, src=src, group=group)
+                if buf is not t:
+                    t.copy_(buf)
+    if error:
+        raise error
+    dict_list_map_inplace(lambda x: tensors[x.index] if isinstance(x, _Slot) else x, state)
 
 
-def load_reference_checkpoint(ckpt_dir: str, chunks, optimizer) -> LoadReport:
+def load_reference_checkpoint(ckpt_dir: str, chunks, optimizer, *, threads: int = 8) -> LoadReport:
     """Load the model weights, Adam moments (and fp32 master weights) this rank holds.
 
     `chunks` are the DDP-wrapped megatron model chunks; `optimizer` has `sharded_state_dict(model_sd,
@@ -222,11 +239,11 @@ def load_reference_checkpoint(ckpt_dir: str, chunks, optimizer) -> LoadReport:
     group, src, reading = _data_parallel()
     model_sd = {f"model{i}": c.module.sharded_state_dict() for i, c in enumerate(chunks)}
     optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=True)  # built while model_sd holds the params
-    _fill(model_sd, reader, group, src, reading)
+    _fill(model_sd, reader, group, src, reading, threads)
     for i, chunk in enumerate(chunks):
         chunk.module.load_state_dict(model_sd[f"model{i}"])
     del model_sd
-    _fill(optim_sd, reader, group, src, reading)
+    _fill(optim_sd, reader, group, src, reading, threads)
     optimizer.load_state_dict(optim_sd, step=step)
     return LoadReport(step, len(reader.arrays), reader.bytes_read, time.time() - start)
 

@@ -1,8 +1,9 @@
 """Tokens/s and model TFLOP/s per GPU of a GPT-3 175B layer stack at real width, bf16 and FP8.
 
 One GPU, TP=1: `--layers` megatron-core TransformerLayers (TE spec when Transformer Engine imports,
-else the local spec, which has no FP8) at d_model 12288, 96 heads, FFN 49152, sequence 2048, micro-batch
-`--mbs`; forward + backward per micro-batch, timed with CUDA events after `--warmup` iterations.
+else the local spec, whose FP8 GEMMs are torch._scaled_mm's: models/gpt3/fp8_linear.py) at d_model
+12288, 96 heads, FFN 49152, sequence 2048, micro-batch `--mbs`; forward + backward per micro-batch, timed
+with CUDA events after `--warmup` iterations.
 Model FLOPs per layer per micro-batch (fwd + bwd, no recompute): 72 * b * s * h^2 * (1 + s / (6h))
 (Narayanan et al. 2021 without the logit term). Peaks: models/gpt3/plan.py PEAK_TFLOPS.
 
@@ -34,6 +35,7 @@ def measure(precision: str, layers: int, mbs: int, iters: int, warmup: int) -> t
     from megatron.core.transformer.transformer_block import TransformerBlock
 
     from models.gpt3.config import dgxh100_64x8
+    from models.gpt3.fp8_linear import update_fp8_scales
     from models.gpt3.model import layer_spec, te_available, transformer_config
 
     cfg = dgxh100_64x8()
@@ -57,6 +59,7 @@ def measure(precision: str, layers: int, mbs: int, iters: int, warmup: int) -> t
         x.grad = None
         for p in block.parameters():
             p.grad = None
+        update_fp8_scales([block])  # part of a training step on the torch FP8 path (no-op otherwise)
     stop.record()
     torch.cuda.synchronize()
     seconds = start.elapsed_time(stop) / 1000 / iters
@@ -85,13 +88,10 @@ def main(argv=None) -> int:
     gpu = args.gpu or ("H200" if "H200" in name else "H100")
     init_megatron(ParallelLayout(1, 0), 1, 1234)
     print(f"# GPT-3 layer stack on {name}: {args.layers} layers, h=12288, s=2048, mbs={args.mbs}, "
-          f"TE={'yes' if te_available() else 'no (local spec)'}, torch {torch.__version__}\n")
+          f"TE={'yes' if te_available() else 'no (local spec; fp8 through torch._scaled_mm)'}, torch {torch.__version__}\n")
     print("| precision | ms / micro-batch | tokens/s per GPU | model TFLOP/s | % of dense peak | peak mem GiB |")
     print("|---|---|---|---|---|---|")
     for precision in args.precision.split(","):
-        if precision == "fp8" and not te_available():
-            print(f"| fp8 | needs Transformer Engine (not importable here) | | | | |")
-            continue
         seconds, mem = measure(precision, args.layers, args.mbs, args.iters, args.warmup)
         flops = layer_flops(args.mbs, 2048, 12288) * args.layers
         tflops = flops / seconds / 1e12

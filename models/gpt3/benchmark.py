@@ -31,6 +31,7 @@ from mlperf_logging.mllog import constants
 
 from models.gpt3 import checkpointing
 from models.gpt3.config import GPT3Config, allowed_learning_rates, closed_learning_rate
+from models.gpt3.fp8_linear import reset_fp8_state, update_fp8_scales
 from models.gpt3.model import build_model_chunks, te_available, transformer_config
 from models.gpt3.parallelize import build_optimizer, init_megatron, wrap_ddp
 from models.gpt3.reference_checkpoint import load_reference_checkpoint, write_synthetic_reference_checkpoint
@@ -201,6 +202,7 @@ class GPT3Benchmark(Benchmark):
         self.optimizer.zero_grad()
         out = self._run_schedule(microbatches, forward_only=False, mbs=self.cfg.train.micro_batch_size)
         self.optimizer.step()
+        update_fp8_scales(self.model)  # delayed scaling (torch FP8 path; TE keeps its own)
         loss = torch.zeros((), device=self.ctx.device)
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and out:
             loss = torch.stack([d["lm loss"] for d in out]).mean()
@@ -251,6 +253,7 @@ class GPT3Benchmark(Benchmark):
         if steps > 0:
             self._eval_sums(self._synthetic_microbatches(max(1, self.ctx.layout.pp), mbs), mbs)
         self.optimizer.zero_grad()
+        reset_fp8_state(self.model)  # the timed run starts with fresh FP8 statistics, as NVIDIA's does
 
     # -- data and blocks -------------------------------------------------------------------------------
     def open_data(self) -> dict:

@@ -27,7 +27,8 @@ class ModelConfig:
     layernorm_epsilon: float = 1e-5
     init_method_std: float = 0.006
     share_embeddings_and_output_weights: bool = True  # Megatron's default, as the reference checkpoint
-    # "fp32", "bf16" (bf16 params, fp32 main grads and master weights) or "fp8" (bf16 + TE FP8 GEMMs)
+    # "fp32", "bf16" (bf16 params, fp32 main grads and master weights) or "fp8" (bf16 + FP8 layer GEMMs:
+    # Transformer Engine's when it imports, else torch._scaled_mm's, models/gpt3/fp8_linear.py)
     precision: str = "bf16"
     fp8_amax_history_len: int = 1024  # NVIDIA v4.0: delayed scaling, HYBRID, max over the history
     fused_norm: bool = True  # kernels.layer_norm.FusedLayerNorm in the local (non-TE) spec

@@ -4,7 +4,8 @@
     chunks = build_model_chunks(cfg.model, config, pp_rank=..., pp=..., virtual_pp=...)
 
 The spec is Transformer Engine's when it imports (fused LayerNorm+GEMM, FP8, sequence parallel); otherwise
-megatron-core's local spec with our `kernels.layer_norm.FusedLayerNorm` in place of its torch LayerNorm
+megatron-core's local spec (with FP8 layer GEMMs through torch._scaled_mm for precision "fp8":
+models/gpt3/fp8_linear.py) and our `kernels.layer_norm.FusedLayerNorm` in place of its torch LayerNorm
 wrapper (that wrapper refuses sequence parallel; ours marks its parameters so megatron all-reduces their
 gradients over the TP group, which is what sequence parallel needs of a norm).
 
@@ -61,6 +62,10 @@ def layer_spec(model_cfg: ModelConfig, use_te: bool):
     if model_cfg.fused_norm:
         spec.submodules.input_layernorm = MegatronFusedLayerNorm
         spec.submodules.pre_mlp_layernorm = MegatronFusedLayerNorm
+    if model_cfg.precision == "fp8":  # no TE: the layer GEMMs through torch._scaled_mm (models/gpt3/fp8_linear.py)
+        from models.gpt3.fp8_linear import fp8_layer_spec
+
+        spec = fp8_layer_spec(spec)
     return spec
 
 
@@ -81,8 +86,6 @@ def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int, cp: 
     on_cpu = not torch.cuda.is_available()
     if m.precision not in ("fp32", "bf16", "fp8"):
         raise ValueError(f"model.precision={m.precision!r}: expected fp32, bf16 or fp8")
-    if m.precision == "fp8" and not use_te:
-        raise ValueError("model.precision=fp8 needs Transformer Engine on a GPU; use bf16 or fp32 here")
     if t.sequence_parallel and tp > 1 and not (use_te or m.fused_norm):
         raise ValueError("train.sequence_parallel needs TE or model.fused_norm (megatron's torch norm refuses it)")
     if t.recompute not in ("none", "selective", "full"):
@@ -120,7 +123,10 @@ def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int, cp: 
         kwargs.update(recompute_granularity="full", recompute_method="uniform",
                       recompute_num_layers=t.recompute_num_layers)
     if m.precision == "fp8":
-        kwargs.update(fp8="hybrid", fp8_amax_history_len=m.fp8_amax_history_len, fp8_amax_compute_algo="max")
+        # TE reads the recipe from these fields; without TE, models/gpt3/fp8_linear.py reads the same ones.
+        kwargs.update(fp8_amax_history_len=m.fp8_amax_history_len, fp8_amax_compute_algo="max")
+        if use_te:
+            kwargs.update(fp8="hybrid")
     if use_te and torch.cuda.is_available():
         # TE's layers fuse bias+GeLU, bias+residual and the wgrad accumulation into fp32 main_grad.
         kwargs.update(bias_activation_fusion=True, bias_dropout_fusion=True, gradient_accumulation_fusion=True)

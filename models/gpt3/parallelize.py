@@ -60,6 +60,11 @@ def wrap_ddp(chunks, config, *, distributed_optimizer: bool, grad_reduce_in_fp32
         bucket_size=200_000_000 if torch.cuda.is_available() else None)  # NVIDIA: 200 MB buckets
     wrapped = []
     for i, chunk in enumerate(chunks):
+        # megatron builds the learned position embedding as a plain fp32 nn.Embedding; Megatron-LM's
+        # Float16Module would cast the whole model. Cast just the parameters, so FP8 scaling buffers stay fp32.
+        for p in chunk.parameters():
+            if p.dtype != config.params_dtype:
+                p.data = p.data.to(config.params_dtype)
         if torch.cuda.is_available():
             chunk = chunk.cuda()
         # Only the first chunk's buckets are bucketed; later chunks' grads are reduced as they finish.

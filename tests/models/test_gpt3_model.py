@@ -31,10 +31,18 @@ def test_175b_transformer_config_matches_the_spec():
     assert cfg.model.padded_vocab_size(8) == 51200 and cfg.model.padded_vocab_size(4) == 50688
 
 
-def test_fp8_without_transformer_engine_is_refused():
+def test_fp8_without_transformer_engine_uses_torch_fp8_gemms_in_the_layers():
+    from models.gpt3.fp8_linear import Fp8ColumnParallelLinear, Fp8RowParallelLinear
+    from models.gpt3.model import layer_spec
+
     cfg = dgxh100_64x8()
-    with pytest.raises(ValueError, match="fp8 needs Transformer Engine"):
-        transformer_config(cfg.model, cfg.train, tp=4, pp=8, use_te=False)
+    c = transformer_config(cfg.model, cfg.train, tp=4, pp=8, use_te=False)
+    assert c.fp8 is None and c.bf16  # TE's switch stays off; its recipe fields are what ours reads
+    assert (c.fp8_amax_history_len, c.fp8_amax_compute_algo) == (1024, "max")
+    spec = layer_spec(cfg.model, use_te=False)
+    attn, mlp = spec.submodules.self_attention.submodules, spec.submodules.mlp.submodules
+    assert (attn.linear_qkv, attn.linear_proj) == (Fp8ColumnParallelLinear, Fp8RowParallelLinear)
+    assert (mlp.linear_fc1, mlp.linear_fc2) == (Fp8ColumnParallelLinear, Fp8RowParallelLinear)
 
 
 def test_closed_learning_rate_table():

@@ -2,8 +2,8 @@
 # The GPU check of GPT-3, in one call of at most ~8 minutes on one GPU:
 #   1. tests/models/test_gpt3_gpu.py: megatron-core's fp32, mixed-precision and distributed optimizers load
 #      the reference-layout initial checkpoint and resume from their own distributed checkpoints;
-#   2. perf_tests/gpt3_layer.py: tokens/s and model TFLOP/s of real-width layers, bf16 (and FP8 where
-#      Transformer Engine imports), printed last as a table.
+#   2. perf_tests/gpt3_layer.py: tokens/s and model TFLOP/s of real-width layers, bf16 and FP8 (TE's where
+#      it imports, else torch._scaled_mm's), printed last as a table.
 #
 #   usage: perf_tests/gpt3_gpu_check.sh
 #   environment:

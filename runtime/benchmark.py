@@ -1,4 +1,9 @@
-"""What the run loop needs from a benchmark, and where each benchmark lives.
+"""The benchmark contract: what a benchmark declares (`BenchmarkSpec`), what the run loop asks of it
+(`Benchmark`), and how the runtime finds it.
+
+A benchmark lives in its own package `models/<name>/`, whose `__init__.py` exports `SPEC`, a
+`BenchmarkSpec`; `<name>` is the MLPerf log name. The runtime finds it by that convention and never names
+a benchmark, so adding one touches no file in runtime/.
 
 A benchmark is built untimed (model, optimizer, compiled step) without touching the dataset; the loop
 then warms it up on synthetic batches, starts the clock, opens the data, and drives blocks of train steps
@@ -10,41 +15,88 @@ from __future__ import annotations
 import abc
 import importlib
 import os
-from dataclasses import dataclass, field
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 
 from runtime import checkpoint
+from runtime.config import BenchmarkConfig
 from runtime.data_parallel import unwrap
 from runtime.distributed import LaunchEnv
 from runtime.mlperf_log import MLPerfLogger
 from runtime.parallel import ParallelLayout
+from runtime.schedule import UNITS, Block
 
-# Log name -> package. Each package has `config.py` (FLAVOURS) and `benchmark.py` (BENCHMARK class).
-BENCHMARKS = {
-    "resnet": "models.resnet",
-    "bert": "models.bert",
-    "gpt3": "models.gpt3",
-    "dlrm_dcnv2": "models.dlrm_dcnv2",
-}
+MODELS_PACKAGE = "models"
 
 
-@dataclass
-class Block:
-    """Train steps between two evaluations, with the metadata each MLPerf event of the block carries.
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Everything the runtime, the launchers and the contract tests need to know of one benchmark."""
 
-    `eval_metadata` holds `epoch_num` (or `samples_count`) in the unit the RCP checker reads for this
-    benchmark: epochs for ResNet, samples for BERT, tokens for GPT-3, epoch fractions for DLRM.
-    """
+    name: str  # MLPerf log name (the checker's benchmark key) and the package name under models/
+    flavours: Mapping[str, Callable[[], BenchmarkConfig]]  # "debug" and one per real system
+    benchmark: type[Benchmark]
+    write_synthetic_data: Callable[[BenchmarkConfig, str], None]  # (cfg, out_dir): the small stand-in dataset
+    metric: str  # printed beside each eval value, e.g. "top1", "log_perplexity"
+    higher_is_better: bool
+    eval_unit: str  # what eval_accuracy.epoch_num counts (runtime/schedule.py UNITS)
+    # BERT logs `train_samples` as the samples trained, just before run_stop (the RCP checker's
+    # --bert_train_samples mode reads it); everyone else logs the dataset size when the data opens.
+    train_samples_at_stop: bool = False
+    # Whether the rules start the run from given weights (`data.init_checkpoint`); the others refuse one.
+    init_checkpoint: bool = False
+    # megatron-core builds the process groups of its benchmarks itself and hands them to the layout.
+    megatron: bool = False
 
-    steps: int
-    start_metadata: dict
-    stop_metadata: dict
-    eval_metadata: dict
+    def __post_init__(self) -> None:
+        if self.eval_unit not in UNITS:
+            raise ValueError(f"benchmark {self.name}: eval_unit {self.eval_unit!r} is not one of {UNITS}")
+        if "debug" not in self.flavours:
+            raise ValueError(f"benchmark {self.name}: every benchmark has a 'debug' flavour")
+
+    def config(self, flavour: str) -> BenchmarkConfig:
+        if flavour not in self.flavours:
+            raise ValueError(f"{self.name}: unknown flavour {flavour!r}; known: {', '.join(sorted(self.flavours))}")
+        return self.flavours[flavour]()
+
+    def reached(self, value: float, target: float) -> bool:
+        return value >= target if self.higher_is_better else value <= target
+
+
+def _packages() -> list[str]:
+    models = importlib.import_module(MODELS_PACKAGE)
+    return sorted(m.name for m in pkgutil.iter_modules(models.__path__) if m.ispkg)
+
+
+def load_spec(name: str) -> BenchmarkSpec:
+    """The SPEC of `models/<name>/`; imports only that package."""
+    if name not in _packages():
+        raise ValueError(f"unknown benchmark {name!r}; the packages under {MODELS_PACKAGE}/ are: "
+                         f"{', '.join(_packages())}")
+    spec = getattr(importlib.import_module(f"{MODELS_PACKAGE}.{name}"), "SPEC", None)
+    if not isinstance(spec, BenchmarkSpec):
+        raise ValueError(f"{MODELS_PACKAGE}/{name}/__init__.py exports no SPEC (a runtime.benchmark.BenchmarkSpec)")
+    if spec.name != name:
+        raise ValueError(f"{MODELS_PACKAGE}/{name}: SPEC.name is {spec.name!r}; it must be the package name")
+    return spec
+
+
+def discover() -> dict[str, BenchmarkSpec]:
+    """Every benchmark package under models/ (packages without a SPEC are shared code, not benchmarks)."""
+    specs = {}
+    for name in _packages():
+        spec = getattr(importlib.import_module(f"{MODELS_PACKAGE}.{name}"), "SPEC", None)
+        if isinstance(spec, BenchmarkSpec):
+            specs[name] = spec
+    return specs
 
 
 @dataclass
 class RunContext:
+    spec: BenchmarkSpec
     launch: LaunchEnv
     layout: ParallelLayout
     device: torch.device
@@ -52,28 +104,23 @@ class RunContext:
     run_dir: str
     data_dir: str
     seed: int
-    extra: dict = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
         return self.launch.rank == 0
 
+    def data_path(self, path: str) -> str:
+        """A config path: absolute, or relative to the data directory."""
+        return path if os.path.isabs(path) else os.path.join(self.data_dir, path)
+
 
 class Benchmark(abc.ABC):
-    name: str  # MLPerf log name, e.g. "resnet"
-    metric_name: str = "accuracy"
-    higher_is_better: bool = True
-    # BERT logs `train_samples` as the samples trained, just before run_stop (the RCP checker's
-    # --bert_train_samples mode reads it); everyone else logs the dataset size when the data opens.
-    train_samples_at_stop: bool = False
-
-    def __init__(self, cfg, ctx: RunContext):
+    def __init__(self, cfg: BenchmarkConfig, ctx: RunContext):
         self.cfg = cfg
         self.ctx = ctx
 
     @property
     def global_batch_size(self) -> int:
-        """Every config so far keeps it in `train.global_batch_size`."""
         return self.cfg.train.global_batch_size
 
     @abc.abstractmethod
@@ -90,7 +137,7 @@ class Benchmark(abc.ABC):
 
     @abc.abstractmethod
     def blocks(self) -> list[Block]:
-        """All blocks up to the benchmark's budget, in order."""
+        """All blocks up to the benchmark's budget, in order (runtime/schedule.py builds them)."""
 
     @abc.abstractmethod
     def train_step(self, step: int) -> torch.Tensor:
@@ -103,6 +150,16 @@ class Benchmark(abc.ABC):
     def progress_fields(self) -> dict:
         """Extra fields for the progress line (e.g. the learning rate)."""
         return {}
+
+    def check_sizes(self, found: dict) -> dict:
+        """`found` ({"train_samples": n, "eval_samples": m}) must equal the config's data sizes, which the
+        benchmark used before the clock started."""
+        d = self.cfg.data
+        for key, n in found.items():
+            if n != getattr(d, key):
+                raise ValueError(f"{self.ctx.data_dir}: holds {n} {key.split('_')[0]} samples, the config says "
+                                 f"data.{key}={getattr(d, key)}")
+        return found
 
     # Checkpoints. The defaults write one file from rank 0 (`<dir>/latest.pt`, atomically) holding the loop's
     # `common` dict and `state_dict()`, which fits a benchmark with one `self.model` (possibly under DDP or
@@ -133,18 +190,5 @@ class Benchmark(abc.ABC):
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def reached(self, value: float, target: float) -> bool:
-        return value >= target if self.higher_is_better else value <= target
-
     def close(self) -> None:
         """Release data loader workers and the like."""
-
-
-def load_benchmark(name: str):
-    """(FLAVOURS, Benchmark class) of a benchmark, imported only when asked for."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
-    package = BENCHMARKS[name]
-    config = importlib.import_module(f"{package}.config")
-    bench = importlib.import_module(f"{package}.benchmark")
-    return config.FLAVOURS, bench.BENCHMARK

@@ -48,6 +48,42 @@ class RunConfig:
     submission_status: str = "onprem"
 
 
+@dataclass
+class ParallelConfig:
+    """What `runtime.parallel.ParallelLayout` takes; data parallelism fills the rest of the world."""
+
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+
+
+@dataclass
+class DataConfig:
+    """What the runtime and the launchers read of every benchmark's data settings."""
+
+    # The weights a run starts from (`LOAD_CHECKPOINTS_PATH` in the launchers), absolute or relative to
+    # --data-dir; empty: the benchmark's own initialisation. Benchmarks whose rules start from random
+    # weights refuse a non-empty value (BenchmarkSpec.init_checkpoint).
+    init_checkpoint: str = ""
+    # Only for `python -m runtime.synthesize`: the seed of the small stand-in dataset.
+    synthetic_seed: int = 1234
+
+
+@dataclass
+class TrainConfig:
+    global_batch_size: int = 0  # samples per optimizer step, in the benchmark's sample unit
+
+
+@dataclass
+class BenchmarkConfig:
+    """The base every benchmark's config extends; each redeclares its sections with its own subclasses."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
 def _parse(value: str, tp, where: str):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -89,12 +125,6 @@ def apply_overrides(cfg, overrides: list[str]):
             else:
                 target = getattr(target, name)
     return cfg
-
-
-def resolve_flavour(flavours: dict, name: str):
-    if name not in flavours:
-        raise ValueError(f"unknown flavour {name!r}; known: {', '.join(sorted(flavours))}")
-    return flavours[name]()
 
 
 def git_revision() -> str:

@@ -118,7 +118,7 @@ class RunLoop:
         self.t_start_ms = now_ms()
 
         sizes = bench.open_data()
-        if not bench.train_samples_at_stop:
+        if not ctx.spec.train_samples_at_stop:
             log.event(constants.TRAIN_SAMPLES, sizes["train_samples"])
         log.event(constants.EVAL_SAMPLES, sizes["eval_samples"])
         blocks = bench.blocks()
@@ -174,14 +174,14 @@ class RunLoop:
             self.state.step_in_block = 0
             self.state.block_index = index + 1
             if ctx.is_main:
-                print(f"eval after {samples} samples: {bench.metric_name} {value:.4f} "
+                print(f"eval after {samples} samples: {ctx.spec.metric} {value:.4f} "
                       f"(target {self.run_cfg.target})", flush=True)
                 report.write_metrics_line(ctx.run_dir, {"step": self.state.global_step, "samples": samples,
                                                         "eval": value})
             if not math.isfinite(value):
-                reason = f"non-finite eval {bench.metric_name} {value}"
+                reason = f"non-finite eval {ctx.spec.metric} {value}"
                 break
-            if bench.reached(value, self.run_cfg.target):
+            if ctx.spec.reached(value, self.run_cfg.target):
                 status, reason, exit_code = constants.SUCCESS, "target reached", EXIT_SUCCESS
                 break
             if self.run_cfg.checkpoint_every_blocks and (index + 1) % self.run_cfg.checkpoint_every_blocks == 0:
@@ -216,7 +216,7 @@ class RunLoop:
         self.preemption.uninstall()
         _barrier(self.ctx)
         samples = self.state.global_step * self.bench.global_batch_size
-        if self.bench.train_samples_at_stop:
+        if self.ctx.spec.train_samples_at_stop:
             self.ctx.log.event(constants.TRAIN_SAMPLES, samples)
         self.ctx.log.end(constants.RUN_STOP, metadata={"status": status})
         seconds = time.time() - t_start

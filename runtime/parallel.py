@@ -6,13 +6,21 @@ parallel_state for the LLMs). There is no module-level copy of it.
 
 Rank order follows Megatron's default (tp fastest, then cp, then dp, then pp), so a tensor-parallel group
 stays inside one node and NVLink domain.
+
+Process groups are built once, before `init_stop`: `build_groups()` for the plain-PyTorch benchmarks, or,
+for the megatron-core ones, `adopt_groups()` with the groups megatron's parallel_state built (one source of
+truth). Group membership is arithmetic over the rank grid, so the layout of 11,616 ranks costs a reshape.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch.distributed as dist
+
+# Dimensions from slowest to fastest varying rank coordinate.
+_ORDER = ("pp", "dp", "cp", "tp")
 
 
 @dataclass
@@ -24,6 +32,7 @@ class ParallelLayout:
     cp: int = 1
     dp: int = field(init=False)
     _dp_group: object = field(default=None, init=False, repr=False)
+    _groups_ready: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "cp"):
@@ -37,8 +46,12 @@ class ParallelLayout:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"parallel layout: rank {self.rank} outside world of {self.world_size}")
 
-    # Coordinates of a rank: tp varies fastest, pp slowest.
+    def _grid(self) -> np.ndarray:
+        """Ranks arranged as [pp, dp, cp, tp]."""
+        return np.arange(self.world_size).reshape([getattr(self, d) for d in _ORDER])
+
     def coords(self, rank: int | None = None) -> dict[str, int]:
+        """Coordinates of a rank: tp varies fastest, pp slowest."""
         r = self.rank if rank is None else rank
         tp, r = r % self.tp, r // self.tp
         cp, r = r % self.cp, r // self.cp
@@ -49,26 +62,35 @@ class ParallelLayout:
     def dp_rank(self) -> int:
         return self.coords()["dp"]
 
-    def ranks_sharing(self, varying: str) -> list[int]:
-        """The ranks that differ from this one only in the coordinate `varying`."""
-        mine = self.coords()
-        return [r for r in range(self.world_size)
-                if all(v == mine[k] for k, v in self.coords(r).items() if k != varying)]
+    def group_ranks(self, dim: str) -> list[list[int]]:
+        """Every group along `dim` (the ranks that differ only in that coordinate), in a fixed order."""
+        axis = _ORDER.index(dim)
+        grid = np.moveaxis(self._grid(), axis, -1)
+        return grid.reshape(-1, grid.shape[-1]).tolist()
+
+    def ranks_sharing(self, dim: str) -> list[int]:
+        """The ranks that differ from this one only in the coordinate `dim`."""
+        c = self.coords()
+        index = tuple(slice(None) if d == dim else c[d] for d in _ORDER)
+        return self._grid()[index].tolist()
+
+    def build_groups(self) -> None:
+        """Create the data-parallel groups. Collective: every rank calls it, once, before init_stop."""
+        if self.dp != self.world_size and dist.is_initialized():
+            # new_subgroups_by_enumeration creates every group in the same order on every rank, as
+            # new_group requires, and returns the one holding this rank.
+            self._dp_group, _ = dist.new_subgroups_by_enumeration(self.group_ranks("dp"))
+        self._groups_ready = True
+
+    def adopt_groups(self, dp_group) -> None:
+        """Use groups another engine built (megatron-core's parallel_state) instead of building our own."""
+        self._dp_group = dp_group
+        self._groups_ready = True
 
     def dp_group(self):
-        """The data-parallel process group (None means the whole world when tp=pp=cp=1).
-
-        `new_group` is collective over the world, so every rank builds every dp group in the same order.
-        """
-        if self.dp == self.world_size or not dist.is_initialized():
-            return None
-        if self._dp_group is None:
-            groups = {}
-            for r in range(self.world_size):
-                key = tuple(self.__class__(self.world_size, r, self.tp, self.pp, self.cp).ranks_sharing("dp"))
-                if key not in groups:
-                    groups[key] = dist.new_group(list(key))
-            self._dp_group = groups[tuple(self.ranks_sharing("dp"))]
+        """The data-parallel process group; None means the whole world."""
+        if not self._groups_ready:
+            raise RuntimeError("parallel layout: process groups used before build_groups()/adopt_groups()")
         return self._dp_group
 
     def describe(self) -> str:

@@ -2,7 +2,7 @@
 
     python -m runtime.synthesize resnet --flavour debug --out data/resnet_debug
 
-Each benchmark package's `benchmark.py` defines `write_synthetic_data(cfg, out_dir)`; sizes come from the
+Each benchmark's SPEC names its `write_synthetic_data(cfg, out_dir)`; sizes come from the
 flavour's data config so the debug run and its data always agree. A directory that already holds a
 complete dataset (marked by `.complete`) is left as it is.
 """
@@ -10,12 +10,11 @@ complete dataset (marked by `.complete`) is left as it is.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
 from runtime import config as config_lib
-from runtime.benchmark import BENCHMARKS, load_benchmark
+from runtime.benchmark import load_spec
 
 _MARKER = ".complete"
 
@@ -24,11 +23,10 @@ def synthesize(benchmark: str, flavour: str, out_dir: str, overrides: list[str] 
     """Returns True if data was written, False if a complete dataset was already there."""
     if os.path.exists(os.path.join(out_dir, _MARKER)):
         return False
-    flavours, _ = load_benchmark(benchmark)
-    cfg = config_lib.apply_overrides(config_lib.resolve_flavour(flavours, flavour), list(overrides))
-    module = importlib.import_module(f"{BENCHMARKS[benchmark]}.benchmark")
+    spec = load_spec(benchmark)
+    cfg = config_lib.apply_overrides(spec.config(flavour), list(overrides))
     os.makedirs(out_dir, exist_ok=True)
-    module.write_synthetic_data(cfg, out_dir)
+    spec.write_synthetic_data(cfg, out_dir)
     with open(os.path.join(out_dir, _MARKER), "w") as f:
         f.write(f"{benchmark} {flavour} seed={cfg.data.synthetic_seed}\n")
     return True

@@ -27,7 +27,7 @@ from mlperf_logging.mllog import constants
 
 from runtime import config as config_lib
 from runtime import report, watchdog
-from runtime.benchmark import RunContext, load_benchmark
+from runtime.benchmark import BenchmarkSpec, RunContext, load_spec
 from runtime.distributed import detect_launch, init_distributed, pick_device
 from runtime.loop import RunLoop
 from runtime.mlperf_log import MLPerfLogger
@@ -63,19 +63,32 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_run_settings(spec: BenchmarkSpec, cfg, data_dir: str) -> None:
+    """What can be known wrong before any process group or model exists."""
+    if not data_dir:
+        raise ValueError(f"{spec.name} needs --data-dir (or DATADIR); for the debug flavour: python -m "
+                         f"runtime.synthesize {spec.name} --flavour debug --out DIR")
+    if cfg.data.init_checkpoint and not spec.init_checkpoint:
+        raise ValueError(f"{spec.name} starts from its own initialisation under the MLPerf rules; "
+                         f"data.init_checkpoint={cfg.data.init_checkpoint!r} would not be used")
+    if cfg.train.global_batch_size < 1:
+        raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} must be >= 1")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    flavours, bench_cls = load_benchmark(args.benchmark)
-    cfg = config_lib.resolve_flavour(flavours, args.flavour)
-    config_lib.apply_overrides(cfg, args.overrides)
+    spec = load_spec(args.benchmark)
+    cfg = config_lib.apply_overrides(spec.config(args.flavour), args.overrides)
     if args.seed is not None:
         cfg.run.seed = args.seed
+    check_run_settings(spec, cfg, args.data_dir)
 
     launch = detect_launch()
     device = pick_device(launch)
     launch, store = init_distributed(launch, device, cfg.run.collective_timeout_s)
-    parallel = getattr(cfg, "parallel", None)
-    layout = ParallelLayout(launch.world_size, launch.rank, **(vars(parallel) if parallel else {}))
+    layout = ParallelLayout(launch.world_size, launch.rank, **vars(cfg.parallel))
+    if not spec.megatron:  # megatron-core builds its own groups and hands them over (runtime/megatron)
+        layout.build_groups()
     heartbeat = None
     if store is not None:
         heartbeat = watchdog.Heartbeat(launch.master_addr, launch.master_port, launch.rank,
@@ -103,7 +116,7 @@ def main(argv=None) -> int:
         print(f"{args.benchmark}/{args.flavour}: {layout.describe()} via {launch.launcher} on {device}, "
               f"seed {seed}, run dir {run_dir}", flush=True)
 
-    ctx = RunContext(launch=launch, layout=layout, device=device, log=log, run_dir=run_dir,
+    ctx = RunContext(spec=spec, launch=launch, layout=layout, device=device, log=log, run_dir=run_dir,
                      data_dir=args.data_dir, seed=seed)
     bench = None
     loop = None
@@ -113,13 +126,13 @@ def main(argv=None) -> int:
         log.close()
 
     try:
-        bench = bench_cls(cfg, ctx)
+        bench = spec.benchmark(cfg, ctx)
         if args.eval_only:
             RunLoop(bench, ctx, cfg.run).try_resume()
             bench.open_data()
             value = bench.evaluate()
             if is_main:
-                print(f"EVAL,{args.benchmark},{bench.metric_name},{value:.6f}", flush=True)
+                print(f"EVAL,{args.benchmark},{spec.metric},{value:.6f}", flush=True)
         else:
             bench.log_hyperparameters()
             bench.warmup(cfg.run.warmup_steps)
@@ -140,7 +153,7 @@ def main(argv=None) -> int:
         start = datetime.datetime.fromtimestamp(loop.t_start_ms / 1000).strftime("%Y-%m-%d %I:%M:%S %p")
         print(f"run stopped: {result.status} ({result.reason})", flush=True)
         print(f"RESULT,{args.benchmark},{seed},{result.seconds:.3f},{result.status},{start}", flush=True)
-        report.write_plot(run_dir, args.benchmark, bench.metric_name, result.evals, cfg.run.target)
+        report.write_plot(run_dir, args.benchmark, spec.metric, result.evals, cfg.run.target)
         line = report.summary_line(args.benchmark, seed, result.status, result.seconds, result.samples,
                                    result.evals)
         with open(os.path.join(run_dir, "summary.txt"), "w") as f:

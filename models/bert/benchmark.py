@@ -8,14 +8,11 @@ rate reaches 0: a run that has not reached the target there stops as aborted.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from mlperf_logging.mllog import constants
 
 from kernels.fp8 import te_available
@@ -29,9 +26,11 @@ from pipelines.bert.format import BertFormatError
 from pipelines.bert.loader import EvalBatches, TrainBatches
 from pipelines.bert.packing import PretrainingBatch, build_batch, random_sequences
 from pipelines.bert.store import SequenceStore
-from runtime.benchmark import Benchmark, Block, RunContext
+from runtime import schedule
+from runtime.benchmark import RunContext
 from runtime.data_parallel import unwrap
-from runtime.precision import autocast, autocast_dtype
+from runtime.data_parallel_benchmark import DataParallelBenchmark
+from runtime.schedule import Block
 
 
 
@@ -62,48 +61,33 @@ def write_synthetic_data(cfg: BertConfig, out_dir: str) -> None:
                          seed=d.synthetic_seed)
 
 
-class BertBenchmark(Benchmark):
-    name = "bert"
-    metric_name = "mlm_accuracy"
-    train_samples_at_stop = True  # samples trained, for the RCP checker's --bert_train_samples mode
+class BertBenchmark(DataParallelBenchmark):
+    eval_counters = ("correct", "masked", "samples")
 
     def __init__(self, cfg: BertConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
         t = cfg.train
-        dp = ctx.layout.dp
-        if t.global_batch_size % (dp * t.grad_accum):
-            raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
-                             f"dp*grad_accum = {dp}*{t.grad_accum}")
         if cfg.data.max_seq_length > cfg.model.max_position_embeddings:
             raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds "
                              f"model.max_position_embeddings={cfg.model.max_position_embeddings}")
-        self.micro_sequences = t.global_batch_size // (dp * t.grad_accum)
         if ctx.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
-        self.autocast_dtype = autocast_dtype(t.precision, ("fp32", "bf16"))
 
         model = build_bert(cfg.model)
-        if t.init_checkpoint:
-            path = t.init_checkpoint if os.path.isabs(t.init_checkpoint) else \
-                os.path.join(ctx.data_dir, t.init_checkpoint)
+        if cfg.data.init_checkpoint:
+            path = ctx.data_path(cfg.data.init_checkpoint)
             load_into(model, load_checkpoint(path), path)
         # Same initial weights everywhere (seeded identically before the build); dropout differs by rank.
         torch.manual_seed(ctx.seed + ctx.launch.rank)
         self.model = parallelize(model, ctx.layout, ctx.device, compile=t.compile)
-        self.optimizer = self._build_optimizer()
+        o = cfg.optim
+        self.optimizer = FusedLAMB(lamb_param_groups(unwrap(self.model), o.weight_decay), lr=o.base_lr,
+                                   betas=(o.lamb_beta_1, o.lamb_beta_2), eps=o.lamb_epsilon,
+                                   weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm)
         self.fp8_layers = fp8_modules(unwrap(self.model))
         if cfg.model.fp8 and not self.fp8_layers and not te_available() and ctx.is_main:
             print("bert: model.fp8=true but Transformer Engine is not usable here, so the GEMMs run in "
                   f"{t.precision}; model.linear_backend=torch_fp8 gives torch FP8 GEMMs on a Hopper GPU", flush=True)
-        self.train_data: TrainBatches | None = None
-        self.eval_data: EvalBatches | None = None
-        self._lr = 0.0
-
-    def _build_optimizer(self) -> FusedLAMB:
-        o = self.cfg.optim
-        return FusedLAMB(lamb_param_groups(unwrap(self.model), o.weight_decay), lr=o.base_lr,
-                         betas=(o.lamb_beta_1, o.lamb_beta_2), eps=o.lamb_epsilon, weight_decay=o.weight_decay,
-                         max_grad_norm=o.max_grad_norm)
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
@@ -124,61 +108,36 @@ class BertBenchmark(Benchmark):
         log.event(constants.OPT_LAMB_WEIGHT_DECAY, o.weight_decay)
 
     # -- steps ---------------------------------------------------------------------------------------------
-    def _autocast(self):
-        return autocast(self.ctx.device, self.autocast_dtype)
+    def learning_rate(self, step: int) -> float:
+        o = self.cfg.optim
+        return lamb_lr(step, base_lr=o.base_lr, warmup_steps=o.warmup_steps, start_warmup_step=o.start_warmup_step,
+                       training_steps=o.training_steps)
 
     def _forward(self, batch: PretrainingBatch):
         batch = batch.to(self.ctx.device, non_blocking=True)
-        with self._autocast():
+        with self.autocast():
             mlm_logits, nsp_logits = self.model(**batch.model_inputs())
         return batch, mlm_logits, nsp_logits
 
-    def _step_on(self, batches: list[PretrainingBatch], step: int) -> torch.Tensor:
-        o = self.cfg.optim
-        self._lr = lamb_lr(step, base_lr=o.base_lr, warmup_steps=o.warmup_steps,
-                           start_warmup_step=o.start_warmup_step, training_steps=o.training_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr
-        total = torch.zeros((), device=self.ctx.device)
-        for i, batch in enumerate(batches):
-            last = i == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync:
-                batch, mlm_logits, nsp_logits = self._forward(batch)
-                # bf16 logits straight into the kernel: it keeps fp32 statistics without an fp32 copy
-                # of the (predictions x 30522) logits
-                loss = pretraining_loss(mlm_logits, batch.mlm_labels, nsp_logits, batch.nsp_labels) / len(batches)
-                loss.backward()
-            total += loss.detach()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def loss(self, micro_batch: PretrainingBatch) -> torch.Tensor:
+        batch, mlm_logits, nsp_logits = self._forward(micro_batch)
+        # bf16 logits straight into the kernel: it keeps fp32 statistics without an fp32 copy of the
+        # (predictions x 30522) logits
+        return pretraining_loss(mlm_logits, batch.mlm_labels, nsp_logits, batch.nsp_labels)
+
+    def after_step(self) -> None:
         for layer in self.fp8_layers:
             layer.update_scales()
-        return total
 
-    def train_step(self, step: int) -> torch.Tensor:
-        batches = self.train_data.get(step)
-        self.model.train()
-        return self._step_on(batches, step)
+    def train_micro_batches(self, step: int) -> list:
+        return self.train_data.get(step)
 
-    @torch.no_grad()
-    def _eval_counts(self, batches) -> torch.Tensor:
-        """[correct, masked positions, sequences] over `batches`."""
-        self.model.eval()
+    def eval_counts(self, batch: PretrainingBatch) -> torch.Tensor:
+        batch, mlm_logits, _ = self._forward(batch)
         counts = torch.zeros(3, dtype=torch.float64, device=self.ctx.device)
-        for batch in batches:
-            batch, mlm_logits, _ = self._forward(batch)
-            counts[:2] += mlm_correct_and_total(mlm_logits, batch.mlm_labels)
-            counts[2] += batch.num_sequences
+        counts[:2] += mlm_correct_and_total(mlm_logits, batch.mlm_labels)
+        counts[2] += batch.num_sequences
         return counts
-
-    def evaluate(self) -> float:
-        counts = self._eval_counts(self.eval_data)
-        if self.ctx.launch.world_size > 1:
-            dist.all_reduce(counts, group=self.ctx.layout.dp_group())
-        if int(counts[2]) != self.cfg.data.eval_samples:
-            raise RuntimeError(f"evaluated {int(counts[2])} samples, expected all {self.cfg.data.eval_samples}")
-        return float(counts[0] / counts[1])
 
     def _synthetic_batch(self, rng: np.random.Generator, sequences: int) -> PretrainingBatch:
         d = self.cfg.data
@@ -186,28 +145,14 @@ class BertBenchmark(Benchmark):
                                             d.max_predictions_per_seq),
                            d.max_seq_length, d.max_predictions_per_seq, d.max_sequences_per_row, d.row_multiple)
 
-    def warmup(self, steps: int) -> None:
-        """Allocate / compile / tune on random batches (no dataset access), then restore the initial
-        weights and start a fresh optimizer. (Loading the optimizer's empty pre-step state dict would not
-        do: FlatOptimizer.load_state_dict leaves moment buffers it finds no saved entry for as they are.)"""
-        if steps <= 0:
-            return
-        saved = copy.deepcopy(unwrap(self.model).state_dict())
+    def synthetic_batches(self) -> tuple[list, object]:
         rng = np.random.default_rng(0)
-        batches = [self._synthetic_batch(rng, self.micro_sequences) for _ in range(self.cfg.train.grad_accum)]
-        self.model.train()
-        for step in range(steps):
-            self._step_on(batches, step)
-        self._eval_counts([self._synthetic_batch(rng, self.cfg.data.eval_batch_sequences)])
-        unwrap(self.model).load_state_dict(saved)
-        self.optimizer = self._build_optimizer()
+        train = [self._synthetic_batch(rng, self.micro_batch) for _ in range(self.cfg.train.grad_accum)]
+        return train, self._synthetic_batch(rng, self.cfg.data.eval_batch_sequences)
 
     # -- data and blocks -------------------------------------------------------------------------------
     def open_data(self) -> dict:
         d, ctx = self.cfg.data, self.ctx
-        if not ctx.data_dir:
-            raise ValueError("bert needs --data-dir (for the debug flavour: python -m runtime.synthesize bert "
-                             "--flavour debug --out DIR)")
         root = os.path.join(ctx.data_dir, d.store_dir)
         train, evaluation = SequenceStore(os.path.join(root, "train")), SequenceStore(os.path.join(root, "eval"))
         for store in (train, evaluation):
@@ -238,20 +183,4 @@ class BertBenchmark(Benchmark):
             ends.append(end)
             k += 1
         ends.append(total)
-        blocks, first = [], 0
-        for last in ends:
-            blocks.append(Block(steps=last - first, start_metadata={"samples_count": first * gbs},
-                                stop_metadata={"samples_count": last * gbs},
-                                eval_metadata={"epoch_num": last * gbs}))
-            first = last
-        return blocks
-
-    def progress_fields(self) -> dict:
-        return {"lr": float(self._lr)}
-
-    def close(self) -> None:
-        if self.train_data is not None:
-            self.train_data.close()
-
-
-BENCHMARK = BertBenchmark
+        return schedule.blocks(ends, "samples", global_batch_size=gbs)

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field, replace
 
 from models.bert.model import BertModelConfig
 from pipelines.bert.format import EVAL_SAMPLES, MAX_PREDICTIONS_PER_SEQ, MAX_SEQ_LENGTH
+from runtime import config as base
 from runtime.config import RunConfig
 
 
 @dataclass
-class DataConfig:
+class DataConfig(base.DataConfig):
     # The converted store (pipelines/bert/prepare/convert.py) with train/ and eval/, relative to --data-dir.
     store_dir: str = "store"
     max_seq_length: int = MAX_SEQ_LENGTH
@@ -25,8 +26,10 @@ class DataConfig:
     eval_batch_sequences: int = 256  # per rank
     # Known before the clock starts; checked against the eval store once it is opened.
     eval_samples: int = EVAL_SAMPLES
+    # Phase-1 weights (`LOAD_CHECKPOINTS_PATH`): a TF-names .npz (state_dict_adapter.py says how to make
+    # one), an HF checkpoint (.safetensors / .bin) or ours (.pt); relative to --data-dir unless absolute.
+    init_checkpoint: str = "phase1/model.ckpt-28252.npz"
     # Only for `python -m runtime.synthesize bert`: the learnable stand-in (pipelines/bert/synthetic.py).
-    synthetic_seed: int = 1234
     synthetic_shards: int = 4
     synthetic_documents_per_shard: int = 600
     synthetic_eval_documents: int = 400
@@ -53,7 +56,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(base.TrainConfig):
     global_batch_size: int = 1536  # sequences per optimizer step
     grad_accum: int = 1  # micro-batches per step; a micro-batch is GBS / (dp * grad_accum) sequences
     # Samples between evaluations; 0: the rule, FLOOR(0.05 * (230.23 * GBS + 3e6), 25000).
@@ -63,13 +66,10 @@ class TrainConfig:
     # torch intra-op threads on a CPU device; 0 keeps torch's default. The debug flavour uses 1: on the
     # 2-core CI machines, shared with other jobs, a debug step took 285 ms with 2 threads, 56 ms with 1.
     cpu_threads: int = 0
-    # Phase-1 weights: a TF-names .npz (state_dict_adapter.py says how to make one), an HF checkpoint
-    # (.safetensors / .bin) or ours (.pt); relative to --data-dir unless absolute; empty: random init.
-    init_checkpoint: str = "phase1/model.ckpt-28252.npz"
 
 
 @dataclass
-class BertConfig:
+class BertConfig(base.BenchmarkConfig):
     model: BertModelConfig = field(default_factory=BertModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -108,11 +108,11 @@ def debug() -> BertConfig:
     cfg.model = replace(cfg.model, vocab_size=256, hidden_size=64, num_layers=2, num_heads=2,
                         intermediate_size=256, max_position_embeddings=128, initializer_range=0.05, fp8=False)
     cfg.data = replace(cfg.data, max_seq_length=128, max_predictions_per_seq=20, eval_samples=512,
-                       eval_batch_sequences=128, row_multiple=1)
+                       eval_batch_sequences=128, row_multiple=1, init_checkpoint="")
     cfg.optim = replace(cfg.optim, base_lr=2e-2, lamb_beta_1=0.9, lamb_beta_2=0.999, warmup_steps=20,
                         start_warmup_step=0, training_steps=600)
     cfg.train = replace(cfg.train, global_batch_size=32, grad_accum=1, eval_every_samples=1600, precision="fp32",
-                        compile=False, init_checkpoint="", cpu_threads=1)
+                        compile=False, cpu_threads=1)
     cfg.run = replace(cfg.run, target=0.75, log_every_steps=25, warmup_steps=1)
     return cfg
 

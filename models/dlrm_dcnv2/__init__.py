@@ -1,0 +1,10 @@
+"""DLRMv2 (DCNv2) on Criteo multi-hot (MLPerf log name `dlrm_dcnv2`): AUROC 0.80275, evaluated in epoch
+fractions."""
+
+from models.dlrm_dcnv2.benchmark import DLRMBenchmark, write_synthetic_data
+from models.dlrm_dcnv2.config import FLAVOURS
+from runtime.benchmark import BenchmarkSpec
+
+SPEC = BenchmarkSpec(name="dlrm_dcnv2", flavours=FLAVOURS, benchmark=DLRMBenchmark,
+                     write_synthetic_data=write_synthetic_data, metric="auroc", higher_is_better=True,
+                     eval_unit="epoch_fraction")

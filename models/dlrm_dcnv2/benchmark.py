@@ -21,9 +21,10 @@ from models.dlrm_dcnv2.config import DLRMConfig
 from models.dlrm_dcnv2.model import build_dlrm
 from models.dlrm_dcnv2.parallelize import parallelize, reset_optimizer_state, set_learning_rate, unwrap
 from pipelines.criteo.format import NUM_DENSE, sparse_feature_names
-from runtime import checkpoint
-from runtime.benchmark import Benchmark, Block, RunContext
+from runtime import checkpoint, schedule
+from runtime.benchmark import Benchmark, RunContext
 from runtime.precision import autocast, autocast_dtype
+from runtime.schedule import Block
 
 
 
@@ -42,9 +43,6 @@ def write_synthetic_data(cfg: DLRMConfig, out_dir: str) -> None:
 
 
 class DLRMBenchmark(Benchmark):
-    name = "dlrm_dcnv2"
-    metric_name = "auroc"
-
     def __init__(self, cfg: DLRMConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
         cfg.optim.check()
@@ -199,37 +197,20 @@ class DLRMBenchmark(Benchmark):
         from pipelines.criteo.loader import CriteoReader
 
         d, ctx, m = self.cfg.data, self.ctx, self.cfg.model
-        if not ctx.data_dir:
-            raise ValueError("dlrm_dcnv2 needs --data-dir (for the debug flavour: python -m runtime.synthesize "
-                             "dlrm_dcnv2 --flavour debug --out DIR)")
         days = [open_day(ctx.data_dir, day, m.multi_hot_sizes) for day in range(d.days)]
         pin = ctx.device.type == "cuda"
         self.train_reader = CriteoReader(days[:-1], m.table_rows, m.multi_hot_sizes, pin_memory=pin)
         validation = days[-1]
         self.eval_reader = CriteoReader([validation], m.table_rows, m.multi_hot_sizes, 0,
                                         math.ceil(validation.rows / 2), pin_memory=pin)
-        found = {"train_samples": len(self.train_reader), "eval_samples": len(self.eval_reader)}
-        for key, n in found.items():
-            if n != getattr(d, key):
-                raise ValueError(f"{ctx.data_dir}: holds {n} {key.split('_')[0]} samples, the config says "
-                                 f"data.{key}={getattr(d, key)}")
-        return found
-
-    def _epoch_fraction(self, steps: int) -> float:
-        return round(steps / self.steps_per_epoch, 6)
+        return self.check_sizes({"train_samples": len(self.train_reader), "eval_samples": len(self.eval_reader)})
 
     def blocks(self) -> list[Block]:
         ends = [k * self.steps_per_eval for k in range(1, self.cfg.train.evals_per_epoch + 1)]
         if ends[-1] < self.steps_per_epoch:
             ends.append(self.steps_per_epoch)  # the epoch's tail, evaluated at its end
-        blocks, first = [], 0
-        for last in ends:
-            samples = first * self.global_batch_size
-            blocks.append(Block(steps=last - first, start_metadata={"samples_count": samples},
-                                stop_metadata={"samples_count": samples},
-                                eval_metadata={"epoch_num": self._epoch_fraction(last)}))
-            first = last
-        return blocks
+        return schedule.blocks(ends, "epoch_fraction", global_batch_size=self.global_batch_size,
+                               steps_per_epoch=self.steps_per_epoch)
 
     def progress_fields(self) -> dict:
         return {"lr": float(self.dense_optimizer.param_groups[0]["lr"])}
@@ -296,6 +277,3 @@ class DLRMBenchmark(Benchmark):
 
     def close(self) -> None:
         self._close_train_iter()
-
-
-BENCHMARK = DLRMBenchmark

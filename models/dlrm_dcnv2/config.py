@@ -6,11 +6,12 @@ from dataclasses import dataclass, field, replace
 
 from models.dlrm_dcnv2.model import DLRMModelConfig
 from pipelines.criteo.format import DAYS, EVAL_SAMPLES, MULTI_HOT_SIZES, TABLE_ROWS, TRAIN_SAMPLES
+from runtime import config as base
 from runtime.config import RunConfig
 
 
 @dataclass
-class DataConfig:
+class DataConfig(base.DataConfig):
     days: int = DAYS  # day files; the last is the validation day, the others the training set
     # Sizes of the split, known before the clock starts (no data access before run_start); checked against
     # what the data directory holds once it is opened.
@@ -19,7 +20,6 @@ class DataConfig:
     prefetch: int = 4  # batches assembled ahead by a background thread; 0: in the training thread
     cache_eval: bool = True  # keep validation batches on the device after the first eval (NVIDIA does)
     # Only for `python -m runtime.synthesize`: the planted-model Criteo (pipelines/criteo/synthetic.py).
-    synthetic_seed: int = 1234
     synthetic_rows_per_day: int = 0
 
 
@@ -49,7 +49,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(base.TrainConfig):
     global_batch_size: int = 55296
     eval_batch_size: int = 262144  # global; every rank evaluates eval_batch_size / world samples at a time
     evals_per_epoch: int = 20  # the reference's cadence: every floor(train_samples / (GBS * 20)) steps
@@ -66,7 +66,7 @@ class ShardingConfig:
 
 
 @dataclass
-class DLRMConfig:
+class DLRMConfig(base.BenchmarkConfig):
     model: DLRMModelConfig = field(default_factory=DLRMModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

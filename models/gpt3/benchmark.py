@@ -12,7 +12,7 @@ reduce-scatter, tied-embedding sync between the first and last stage, SP norm gr
 
 Weights and Adam moments come from `data.init_checkpoint` (models/gpt3/reference_checkpoint.py), loaded
 untimed while the benchmark is built; the run's own checkpoints are megatron distributed checkpoints
-(models/gpt3/checkpointing.py).
+(runtime/mcore/checkpointing.py).
 """
 
 from __future__ import annotations
@@ -25,17 +25,18 @@ from functools import partial
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
-from megatron.core.pipeline_parallel import get_forward_backward_func
 from mlperf_logging.mllog import constants
 
-from models.gpt3 import checkpointing
+from runtime.mcore import checkpointing
 from models.gpt3.config import GPT3Config, allowed_learning_rates, closed_learning_rate
-from models.gpt3.fp8_linear import reset_fp8_state, update_fp8_scales
+from runtime.mcore.fp8_linear import reset_fp8_state, update_fp8_scales
 from models.gpt3.model import build_model_chunks, te_available, transformer_config
-from models.gpt3.parallelize import build_optimizer, init_megatron, wrap_ddp
+from runtime.mcore.parallelize import build_optimizer, destroy_megatron, init_megatron, wrap_ddp
 from models.gpt3.reference_checkpoint import load_reference_checkpoint, write_synthetic_reference_checkpoint
-from runtime.benchmark import Benchmark, Block, RunContext
+from runtime import schedule
+from runtime.benchmark import Benchmark, RunContext
+from runtime.mcore.pipeline import from_last_stage, is_last_stage, run_schedule
+from runtime.schedule import Block
 
 
 def write_synthetic_data(cfg: GPT3Config, out_dir: str) -> None:
@@ -63,10 +64,6 @@ def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, de
 
 
 class GPT3Benchmark(Benchmark):
-    name = "gpt3"
-    metric_name = "log_perplexity"
-    higher_is_better = False
-
     def __init__(self, cfg: GPT3Config, ctx: RunContext):
         super().__init__(cfg, ctx)
         m, t, o, layout = cfg.model, cfg.train, cfg.optim, ctx.layout
@@ -97,7 +94,6 @@ class GPT3Benchmark(Benchmark):
         self.optimizer = build_optimizer(self.model, replace(o, base_lr=self.base_lr), self.config,
                                          distributed_optimizer=use_dist_opt)
         self._load_initial_checkpoint()
-        self.forward_backward = get_forward_backward_func()
         device = ctx.device
         s = self.seq_length
         # The local spec's attention needs the causal mask as a tensor (megatron would build it on "cuda");
@@ -178,18 +174,8 @@ class GPT3Benchmark(Benchmark):
         return total, {"sum": total.detach().double().clone(), "count": loss_mask.sum().double()}
 
     def _run_schedule(self, microbatches: list[dict], *, forward_only: bool, mbs: int, evaluating: bool = False):
-        iterators = [iter(microbatches) for _ in self.model]
-        return self.forward_backward(
-            forward_step_func=partial(self._forward_step, evaluating=evaluating),
-            data_iterator=iterators if len(iterators) > 1 else iterators[0], model=self.model,
-            num_microbatches=len(microbatches), seq_length=self.seq_length, micro_batch_size=mbs,
-            forward_only=forward_only)
-
-    def _from_last_stage(self, value: torch.Tensor) -> torch.Tensor:
-        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-            dist.broadcast(value, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-                           group=parallel_state.get_pipeline_model_parallel_group())
-        return value
+        return run_schedule(partial(self._forward_step, evaluating=evaluating), self.model, microbatches,
+                            forward_only=forward_only, seq_length=self.seq_length, micro_batch_size=mbs)
 
     def _step_on(self, microbatches: list[dict], step: int) -> torch.Tensor:
         self._lr = cosine_lr(self.init_step + step, base_lr=self.base_lr,
@@ -204,9 +190,9 @@ class GPT3Benchmark(Benchmark):
         self.optimizer.step()
         update_fp8_scales(self.model)  # delayed scaling (torch FP8 path; TE keeps its own)
         loss = torch.zeros((), device=self.ctx.device)
-        if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and out:
+        if is_last_stage() and out:
             loss = torch.stack([d["lm loss"] for d in out]).mean()
-        return self._from_last_stage(loss)
+        return from_last_stage(loss)
 
     def train_step(self, step: int) -> torch.Tensor:
         return self._step_on(self._train_microbatches(step), step)
@@ -217,10 +203,10 @@ class GPT3Benchmark(Benchmark):
         with torch.no_grad():
             out = self._run_schedule(microbatches, forward_only=True, mbs=mbs, evaluating=True)
         sums = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)
-        if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and out:
+        if is_last_stage() and out:
             sums[0] = sum(d["sum"] for d in out)
             sums[1] = sum(d["count"] for d in out)
-        return self._from_last_stage(sums)
+        return from_last_stage(sums)
 
     def evaluate(self) -> float:
         layout, data = self.ctx.layout, self.valid_data
@@ -236,7 +222,7 @@ class GPT3Benchmark(Benchmark):
         microbatches = [self._collate(samples[i:i + mbs]) for i in range(0, per_rank, mbs)]
         sums = self._eval_sums(microbatches, mbs)
         if layout.dp > 1:
-            dist.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+            dist.all_reduce(sums, group=layout.dp_group())
         if int(sums[1]) != data.num_predicted_tokens:
             raise RuntimeError(f"evaluated {int(sums[1])} tokens, expected all {data.num_predicted_tokens}")
         return float(sums[0] / sums[1])
@@ -261,9 +247,6 @@ class GPT3Benchmark(Benchmark):
         from pipelines.megatron_data.indexed import IndexedDataset
 
         d, ctx = self.cfg.data, self.ctx
-        if not ctx.data_dir:
-            raise ValueError("gpt3 needs --data-dir (for the debug flavour: python -m runtime.synthesize gpt3 "
-                             "--flavour debug --out DIR)")
         cache = d.index_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "mlperf-stack", "gpt3_index")
         train = [IndexedDataset(os.path.join(ctx.data_dir, p)) for p in d.train_prefixes]
         self.train_data = BlendedSamples(train, d.train_weights, self.total_steps * self.global_batch_size,
@@ -276,16 +259,8 @@ class GPT3Benchmark(Benchmark):
         return {"train_samples": len(self.train_data), "eval_samples": self.valid_data.num_tokens}
 
     def blocks(self) -> list[Block]:
-        tokens_per_step = self.global_batch_size * self.seq_length
-        blocks, done = [], 0
-        while done < self.total_steps:
-            steps = min(self.eval_every_steps, self.total_steps - done)
-            first, count = done * tokens_per_step, steps * tokens_per_step
-            blocks.append(Block(steps=steps, start_metadata={"first_epoch_num": first, "epoch_count": count},
-                                stop_metadata={"first_epoch_num": first},
-                                eval_metadata={"epoch_num": first + count}))
-            done += steps
-        return blocks
+        return schedule.blocks(schedule.every(self.eval_every_steps, self.total_steps), "tokens",
+                               global_batch_size=self.global_batch_size, tokens_per_sample=self.seq_length)
 
     def progress_fields(self) -> dict:
         return {"lr": float(self._lr), "grad_norm": float(self.optimizer.last_grad_norm)}
@@ -302,7 +277,7 @@ class GPT3Benchmark(Benchmark):
                 print("gpt3: WARNING: data.init_checkpoint is empty, so the model starts from random weights: this "
                       "run measures throughput but is not a valid MLPerf GPT-3 run", flush=True)
             return
-        path = d.init_checkpoint if os.path.isabs(d.init_checkpoint) else os.path.join(ctx.data_dir, d.init_checkpoint)
+        path = ctx.data_path(d.init_checkpoint)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"data.init_checkpoint: {path} is not a directory (the reference checkpoint: "
                                     "models/gpt3/prepare/README.md; for the debug flavour, synthesize the data into a "
@@ -319,8 +294,4 @@ class GPT3Benchmark(Benchmark):
         return checkpointing.load(directory, self.model, self.optimizer, check)
 
     def close(self) -> None:
-        if parallel_state.model_parallel_is_initialized():
-            parallel_state.destroy_model_parallel()
-
-
-BENCHMARK = GPT3Benchmark
+        destroy_megatron()

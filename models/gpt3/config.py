@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from runtime.config import RunConfig
+from runtime import config as base
+from runtime.config import ParallelConfig, RunConfig
+from runtime.mcore.config import AdamConfig
 
 SEQ_LEN = 2048
 REFERENCE_GBS = 1536  # the batch size the schedule's sample counts are written at
@@ -28,7 +30,7 @@ class ModelConfig:
     init_method_std: float = 0.006
     share_embeddings_and_output_weights: bool = True  # Megatron's default, as the reference checkpoint
     # "fp32", "bf16" (bf16 params, fp32 main grads and master weights) or "fp8" (bf16 + FP8 layer GEMMs:
-    # Transformer Engine's when it imports, else torch._scaled_mm's, models/gpt3/fp8_linear.py)
+    # Transformer Engine's when it imports, else torch._scaled_mm's, runtime/mcore/fp8_linear.py)
     precision: str = "bf16"
     fp8_amax_history_len: int = 1024  # NVIDIA v4.0: delayed scaling, HYBRID, max over the history
     fused_norm: bool = True  # kernels.layer_norm.FusedLayerNorm in the local (non-TE) spec
@@ -39,14 +41,7 @@ class ModelConfig:
 
 
 @dataclass
-class ParallelConfig:
-    tp: int = 1
-    pp: int = 1
-    cp: int = 1
-
-
-@dataclass
-class DataConfig:
+class DataConfig(base.DataConfig):
     train_prefixes: tuple[str, ...] = ("c4_en_6_c4_spm_text_document", "c4_en_7_c4_spm_text_document")
     train_weights: tuple[float, ...] = (0.5, 0.5)
     valid_prefix: str = "c4_en_validation_subset_c4_spm_text_document"
@@ -57,7 +52,6 @@ class DataConfig:
     init_checkpoint_threads: int = 8  # concurrent reads per rank (a parallel file system wants several)
     eval_tokens: int = 11_590_004  # validation tokens (logged as eval_samples, as NVIDIA does); checked on open
     # Only for `python -m runtime.synthesize`: a learnable Markov language in the real file layout.
-    synthetic_seed: int = 1234
     synthetic_vocab: int = 256
     synthetic_train_docs: int = 2000  # per file; fewer and the tiny model memorises them instead
     synthetic_valid_docs: int = 40
@@ -66,21 +60,15 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(AdamConfig):
     base_lr: float = 0.0  # 0: the closed rule for the batch size (`closed_learning_rate`)
-    min_lr_ratio: float = 0.1
     warmup_samples: int = 265 * REFERENCE_GBS
     decay_samples: int = 108_600 * REFERENCE_GBS
     init_checkpoint_samples: int = 4000 * REFERENCE_GBS  # the schedule resumes after these
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    clip_grad: float = 1.0
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(base.TrainConfig):
     global_batch_size: int = 2048
     micro_batch_size: int = 1
     virtual_pp: int = 1  # model chunks per pipeline stage (interleaved 1F1B when > 1)
@@ -95,7 +83,7 @@ class TrainConfig:
 
 
 @dataclass
-class GPT3Config:
+class GPT3Config(base.BenchmarkConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)

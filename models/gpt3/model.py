@@ -5,7 +5,7 @@
 
 The spec is Transformer Engine's when it imports (fused LayerNorm+GEMM, FP8, sequence parallel); otherwise
 megatron-core's local spec (with FP8 layer GEMMs through torch._scaled_mm for precision "fp8":
-models/gpt3/fp8_linear.py) and our `kernels.layer_norm.FusedLayerNorm` in place of its torch LayerNorm
+runtime/mcore/fp8_linear.py) and our `kernels.layer_norm.FusedLayerNorm` in place of its torch LayerNorm
 wrapper (that wrapper refuses sequence parallel; ours marks its parameters so megatron all-reduces their
 gradients over the TP group, which is what sequence parallel needs of a norm).
 
@@ -62,8 +62,8 @@ def layer_spec(model_cfg: ModelConfig, use_te: bool):
     if model_cfg.fused_norm:
         spec.submodules.input_layernorm = MegatronFusedLayerNorm
         spec.submodules.pre_mlp_layernorm = MegatronFusedLayerNorm
-    if model_cfg.precision == "fp8":  # no TE: the layer GEMMs through torch._scaled_mm (models/gpt3/fp8_linear.py)
-        from models.gpt3.fp8_linear import fp8_layer_spec
+    if model_cfg.precision == "fp8":  # no TE: the layer GEMMs through torch._scaled_mm (runtime/mcore/fp8_linear.py)
+        from runtime.mcore.fp8_linear import fp8_layer_spec
 
         spec = fp8_layer_spec(spec)
     return spec
@@ -123,7 +123,7 @@ def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int, cp: 
         kwargs.update(recompute_granularity="full", recompute_method="uniform",
                       recompute_num_layers=t.recompute_num_layers)
     if m.precision == "fp8":
-        # TE reads the recipe from these fields; without TE, models/gpt3/fp8_linear.py reads the same ones.
+        # TE reads the recipe from these fields; without TE, runtime/mcore/fp8_linear.py reads the same ones.
         kwargs.update(fp8_amax_history_len=m.fp8_amax_history_len, fp8_amax_compute_algo="max")
         if use_te:
             kwargs.update(fp8="hybrid")

@@ -59,7 +59,7 @@ def build_stage_on_meta(cfg, *, layers: int, first: bool, last: bool, tp: int):
     from megatron.core.models.gpt import GPTModel
 
     from models.gpt3.model import layer_spec, transformer_config
-    from models.gpt3.parallelize import init_megatron
+    from runtime.mcore.parallelize import init_megatron
     from runtime.parallel import ParallelLayout
 
     init_megatron(ParallelLayout(1, 0), 1, 0)
@@ -149,7 +149,7 @@ def mfu(flops_per_step: float, world_size: int, step_time_s: float, gpu: str, pr
 
 
 def main(argv=None) -> int:
-    from models.gpt3.config import FLAVOURS
+    from models.gpt3 import SPEC
 
     p = argparse.ArgumentParser(prog="python -m models.gpt3.plan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-flash-attention", action="store_true", help="count the s x s attention scores")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    cfg = config_lib.apply_overrides(config_lib.resolve_flavour(FLAVOURS, args.flavour), args.overrides)
+    cfg = config_lib.apply_overrides(SPEC.config(args.flavour), args.overrides)
     r = plan(cfg, args.world_size, flash_attention=not args.no_flash_attention)
     print(f"{args.flavour} on {r['world_size']} GPUs: tp={r['tp']} pp={r['pp']} vpp={r['vpp']} dp={r['dp']} "
           f"micro-batches/step={r['microbatches']} recompute={cfg.train.recompute} "

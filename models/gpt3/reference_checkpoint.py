@@ -12,7 +12,7 @@ checkpoint only), and `common.pt` holding the step counters. megatron-core 0.16 
   1. megatron-core describes what this rank holds: `sharded_state_dict()` of each model chunk and of the
      optimizer gives every local tensor its global key, global shape and offset (TP/PP/VPP aware);
   2. each key is renamed to the reference's (legacy names, TE-style and local-spec keys map alike);
-  3. that region is read from the zarr array (runtime/zarr_array.py) and loaded with `load_state_dict`.
+  3. that region is read from the zarr array (runtime/mcore/zarr_array.py) and loaded with `load_state_dict`.
 
 The embedding's vocabulary may be padded differently (Megatron pads to a multiple of 128*TP): rows are
 read where the checkpoint has them and zero beyond, as Megatron's own zarr loader did. Legacy Megatron's
@@ -36,7 +36,7 @@ from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
 from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedObject, ShardedTensor
 
-from runtime.zarr_array import ZarrArray, ZarrError, write_zarr
+from runtime.mcore.zarr_array import ZarrArray, ZarrError, write_zarr
 
 # megatron-core sharded key (both specs key their norms TE-style) -> Megatron-LM legacy key.
 _LAYER = "language_model.encoder.layers."
@@ -229,7 +229,7 @@ def load_reference_checkpoint(ckpt_dir: str, chunks, optimizer, *, threads: int 
     """Load the model weights, Adam moments (and fp32 master weights) this rank holds.
 
     `chunks` are the DDP-wrapped megatron model chunks; `optimizer` has `sharded_state_dict(model_sd,
-    is_loading=True)` and `load_state_dict(state, step=)` (models/gpt3/parallelize.py). The model is
+    is_loading=True)` and `load_state_dict(state, step=)` (runtime/mcore/parallelize.py). The model is
     loaded, and its host copy freed, before the optimizer state is read.
     """
     start = time.time()

@@ -1,0 +1,9 @@
+"""ResNet-50 v1.5 on ImageNet (MLPerf log name `resnet`): top-1 0.759, evaluated in epochs."""
+
+from models.resnet.benchmark import ResNetBenchmark, write_synthetic_data
+from models.resnet.config import FLAVOURS
+from runtime.benchmark import BenchmarkSpec
+
+SPEC = BenchmarkSpec(name="resnet", flavours=FLAVOURS, benchmark=ResNetBenchmark,
+                     write_synthetic_data=write_synthetic_data, metric="top1", higher_is_better=True,
+                     eval_unit="epochs")

@@ -6,13 +6,10 @@ with an offset), the budget, and `eval_accuracy.epoch_num` (epochs completed, as
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import os
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from mlperf_logging.mllog import constants
 
@@ -21,9 +18,11 @@ from kernels.optimizers import FusedLARS
 from models.resnet.lars import poly_decay_steps, poly_warmup_lr
 from models.resnet.model import build_resnet, lars_param_groups
 from models.resnet.parallelize import parallelize
-from runtime.benchmark import Benchmark, Block, RunContext
+from runtime import schedule
+from runtime.benchmark import RunContext
 from runtime.data_parallel import unwrap
-from runtime.precision import autocast, autocast_dtype
+from runtime.data_parallel_benchmark import DataParallelBenchmark
+from runtime.schedule import Block
 
 
 
@@ -38,24 +37,17 @@ def write_synthetic_data(cfg: ResNetConfig, out_dir: str) -> None:
                              val_label_noise=d.synthetic_val_label_noise)
 
 
-class ResNetBenchmark(Benchmark):
-    name = "resnet"
-    metric_name = "top1"
+class ResNetBenchmark(DataParallelBenchmark):
+    precisions = ("fp32", "bf16", "fp16")
 
     def __init__(self, cfg: ResNetConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
         t = cfg.train
-        dp = ctx.layout.dp
-        if t.global_batch_size % (dp * t.grad_accum):
-            raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
-                             f"dp*grad_accum = {dp}*{t.grad_accum}")
-        self.micro_batch = t.global_batch_size // (dp * t.grad_accum)
         self.steps_per_epoch = cfg.data.train_samples // t.global_batch_size  # last partial batch dropped
         if self.steps_per_epoch < 1:
             raise ValueError(f"data.train_samples={cfg.data.train_samples} is smaller than one global batch")
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.total_steps = math.ceil(t.epochs * self.steps_per_epoch)
-        self.autocast_dtype = autocast_dtype(t.precision, ("fp32", "bf16", "fp16"))
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
 
         self.model = parallelize(build_resnet(cfg.model), ctx.layout, ctx.device, channels_last=t.channels_last,
@@ -66,9 +58,7 @@ class ResNetBenchmark(Benchmark):
         self.optimizer = FusedLARS(lars_param_groups(unwrap(self.model)), lr=o.base_lr, momentum=o.momentum,
                                    weight_decay=o.weight_decay, eeta=o.trust_coefficient,
                                    epsilon=o.epsilon)
-        self.train_data = self.eval_data = None
         self._epoch_iter, self._iter_epoch = None, -1
-        self._lr = o.base_lr
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
@@ -88,81 +78,49 @@ class ResNetBenchmark(Benchmark):
         log.event("label_smoothing", o.label_smoothing)
 
     # -- steps ---------------------------------------------------------------------------------------------
-    def _autocast(self):
-        return autocast(self.ctx.device, self.autocast_dtype)
-
-    def _step_on(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
+    def learning_rate(self, step: int) -> float:
         o = self.cfg.optim
-        self._lr = poly_warmup_lr(step, base_lr=o.base_lr, warmup_steps=self.warmup_steps,
-                                  total_steps=self.total_steps, end_lr=o.end_lr, power=o.poly_power)
-        self.optimizer.set_lr(self._lr)
-        accum = self.cfg.train.grad_accum
-        total = torch.zeros((), device=self.ctx.device)
-        for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
-            last = i == accum - 1
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync:
-                with self._autocast():
-                    logits = self.model(x.to(self.ctx.device, non_blocking=True)
-                                        .contiguous(memory_format=self.memory_format))
-                loss = F.cross_entropy(logits.float(), y.to(self.ctx.device, non_blocking=True),
-                                       label_smoothing=o.label_smoothing) / accum
-                loss.backward()
-            total += loss.detach()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total
+        return poly_warmup_lr(step, base_lr=o.base_lr, warmup_steps=self.warmup_steps,
+                              total_steps=self.total_steps, end_lr=o.end_lr, power=o.poly_power)
 
-    def train_step(self, step: int) -> torch.Tensor:
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(images.to(self.ctx.device, non_blocking=True)
+                              .contiguous(memory_format=self.memory_format))
+
+    def loss(self, micro_batch) -> torch.Tensor:
+        images, labels = micro_batch
+        return F.cross_entropy(self._logits(images).float(), labels.to(self.ctx.device, non_blocking=True),
+                               label_smoothing=self.cfg.optim.label_smoothing)
+
+    def _split(self, images: torch.Tensor, labels: torch.Tensor) -> list:
+        accum = self.cfg.train.grad_accum
+        return list(zip(images.chunk(accum), labels.chunk(accum)))
+
+    def train_micro_batches(self, step: int) -> list:
         epoch, index = divmod(step, self.steps_per_epoch)
         if self._iter_epoch != epoch:
             self.train_data.set_epoch(epoch, start_step=index)  # start_step > 0 only when resuming
             self._epoch_iter = iter(self.train_data)
             self._iter_epoch = epoch
-        images, labels = next(self._epoch_iter)
-        self.model.train()
-        return self._step_on(images, labels, step)
+        return self._split(*next(self._epoch_iter))
 
-    @torch.no_grad()
-    def _eval_counts(self, batches) -> torch.Tensor:
-        self.model.eval()
-        counts = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)
-        for images, labels in batches:
-            with self._autocast():
-                logits = self.model(images.to(self.ctx.device).contiguous(memory_format=self.memory_format))
-            counts[0] += (logits.argmax(1) == labels.to(self.ctx.device)).sum()
-            counts[1] += labels.numel()
-        return counts
+    def eval_counts(self, batch) -> torch.Tensor:
+        images, labels = batch
+        correct = (self._logits(images).argmax(1) == labels.to(self.ctx.device)).sum()
+        return torch.stack([correct.double(), torch.tensor(labels.numel(), dtype=torch.float64,
+                                                             device=self.ctx.device)])
 
-    def evaluate(self) -> float:
-        counts = self._eval_counts(self.eval_data)
-        if self.ctx.launch.world_size > 1:
-            dist.all_reduce(counts, group=self.ctx.layout.dp_group())
-        if int(counts[1]) != self.cfg.data.eval_samples:
-            raise RuntimeError(f"evaluated {int(counts[1])} samples, expected all {self.cfg.data.eval_samples}")
-        return float(counts[0] / counts[1])
-
-    def warmup(self, steps: int) -> None:
-        """Compile/allocate on random batches, then restore the initial weights and optimizer state."""
-        if steps <= 0:
-            return
-        saved = copy.deepcopy(self.state_dict())
+    def synthetic_batches(self) -> tuple[list, object]:
         size = self.cfg.data.image_size
         g = torch.Generator().manual_seed(0)
         images = torch.randn(self.micro_batch * self.cfg.train.grad_accum, 3, size, size, generator=g)
         labels = torch.randint(0, self.cfg.model.num_classes, (images.shape[0],), generator=g)
-        self.model.train()
-        for step in range(steps):
-            self._step_on(images, labels, step)
-        self._eval_counts([(images[: self.micro_batch], labels[: self.micro_batch])])
-        self.load_state_dict(saved)
+        return self._split(images, labels), (images[: self.micro_batch], labels[: self.micro_batch])
 
     # -- data and blocks -------------------------------------------------------------------------------
     def open_data(self) -> dict:
         d, ctx = self.cfg.data, self.ctx
-        if not ctx.data_dir:
-            raise ValueError("resnet needs --data-dir (for the debug flavour: python -m runtime.synthesize "
-                             "resnet --flavour debug --out DIR)")
         # Record-offset indexes (DALI's format) are cached outside the dataset, which may be read-only.
         index_dir = d.index_dir or os.path.join(os.path.expanduser("~"), ".cache", "mlperf-stack", "index")
         common = dict(rank=ctx.layout.dp_rank, world_size=ctx.layout.dp, image_size=d.image_size,
@@ -181,38 +139,12 @@ class ResNetBenchmark(Benchmark):
             raise ValueError(f"data.loader={d.loader!r}: expected 'dali' or 'torch'")
         self.train_data = train(ctx.data_dir, global_batch_size=self.global_batch_size, seed=ctx.seed, **common)
         self.eval_data = evaluate(ctx.data_dir, batch_size=self.micro_batch, resize_size=d.eval_resize, **common)
-        found = {"train_samples": self.train_data.num_samples, "eval_samples": self.eval_data.num_samples}
-        for key, n in found.items():
-            if n != getattr(d, key):
-                raise ValueError(f"{ctx.data_dir}: holds {n} {key.split('_')[0]} samples, the config says "
-                                 f"data.{key}={getattr(d, key)}")
-        return found
+        return self.check_sizes({"train_samples": self.train_data.num_samples,
+                                 "eval_samples": self.eval_data.num_samples})
 
     def blocks(self) -> list[Block]:
         """Eval after epoch (every - offset), then every `eval_every_epochs`, and at the last epoch."""
         t = self.cfg.train
-        if not 0 <= t.eval_offset < t.eval_every_epochs:
-            raise ValueError(f"train.eval_offset={t.eval_offset} must be in [0, {t.eval_every_epochs})")
-        ends = list(range(t.eval_every_epochs - t.eval_offset, t.max_epochs + 1, t.eval_every_epochs))
-        if not ends or ends[-1] != t.max_epochs:
-            ends.append(t.max_epochs)
-        blocks, first = [], 1
-        for last in ends:
-            count = last - first + 1
-            blocks.append(Block(steps=count * self.steps_per_epoch,
-                                start_metadata={"first_epoch_num": first, "epoch_count": count},
-                                stop_metadata={"first_epoch_num": first},
-                                eval_metadata={"epoch_num": last}))
-            first = last + 1
-        return blocks
-
-    def progress_fields(self) -> dict:
-        return {"lr": float(self._lr)}
-
-    def close(self) -> None:
-        for data in (self.train_data, self.eval_data):
-            if data is not None and hasattr(data, "close"):
-                data.close()
-
-
-BENCHMARK = ResNetBenchmark
+        ends = schedule.every(t.eval_every_epochs, t.max_epochs, t.eval_offset)
+        return schedule.blocks([e * self.steps_per_epoch for e in ends], "epochs",
+                               global_batch_size=self.global_batch_size, steps_per_epoch=self.steps_per_epoch)

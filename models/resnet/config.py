@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from models.resnet.model import ResNetModelConfig
+from runtime import config as base
 from runtime.config import RunConfig
 
 IMAGENET_TRAIN_SAMPLES = 1_281_167
@@ -12,7 +13,7 @@ IMAGENET_EVAL_SAMPLES = 50_000
 
 
 @dataclass
-class DataConfig:
+class DataConfig(base.DataConfig):
     loader: str = "dali"  # "dali" or "torch"; both give the same tensors (pipelines/imagenet)
     image_size: int = 224
     eval_resize: int = 256  # short side before the centre crop
@@ -23,7 +24,6 @@ class DataConfig:
     train_samples: int = IMAGENET_TRAIN_SAMPLES
     eval_samples: int = IMAGENET_EVAL_SAMPLES
     # Only for `python -m runtime.synthesize`: the small learnable ImageNet in the real TFRecord layout.
-    synthetic_seed: int = 1234
     synthetic_classes: int = 16
     synthetic_train_per_class: int = 96
     synthetic_val_per_class: int = 32
@@ -51,7 +51,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(base.TrainConfig):
     global_batch_size: int = 3264
     grad_accum: int = 1  # micro-batches per optimizer step; the local batch is GBS / (dp * grad_accum)
     epochs: float = 35.0  # length of the LR schedule
@@ -64,7 +64,7 @@ class TrainConfig:
 
 
 @dataclass
-class ResNetConfig:
+class ResNetConfig(base.BenchmarkConfig):
     model: ResNetModelConfig = field(default_factory=ResNetModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -17,7 +17,7 @@ import zarr
 
 from models.gpt3.config import debug
 from models.gpt3.model import build_model_chunks, transformer_config
-from models.gpt3.parallelize import build_optimizer, init_megatron, wrap_ddp
+from runtime.mcore.parallelize import build_optimizer, init_megatron, wrap_ddp
 from models.gpt3.reference_checkpoint import load_reference_checkpoint
 from runtime.parallel import ParallelLayout
 

@@ -83,6 +83,7 @@ def test_debug_run_reaches_its_target_with_a_compliant_log(dlrm_debug_data, tmp_
 
 # -- in process: warm-up and checkpoint state ----------------------------------------------------------------
 def _benchmark(data_dir, tmp_path, seed=5):
+    from models.dlrm_dcnv2 import SPEC
     from models.dlrm_dcnv2.benchmark import DLRMBenchmark
     from models.dlrm_dcnv2.config import debug
     from runtime.benchmark import RunContext
@@ -91,7 +92,7 @@ def _benchmark(data_dir, tmp_path, seed=5):
     from runtime.parallel import ParallelLayout
 
     torch.manual_seed(seed)
-    ctx = RunContext(launch=LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), layout=ParallelLayout(1, 0),
+    ctx = RunContext(spec=SPEC, launch=LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), layout=ParallelLayout(1, 0),
                      device=torch.device("cpu"), log=MLPerfLogger(None, enabled=False), run_dir=str(tmp_path),
                      data_dir=str(data_dir), seed=seed)
     cfg = debug()

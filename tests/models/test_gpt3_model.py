@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.gpt3 import cpu_shim
+from runtime.mcore import cpu_shim
 from models.gpt3.benchmark import cosine_lr
 from models.gpt3.config import allowed_learning_rates, closed_learning_rate, debug, dgxh100_64x8
 from models.gpt3.model import transformer_config
@@ -32,7 +32,7 @@ def test_175b_transformer_config_matches_the_spec():
 
 
 def test_fp8_without_transformer_engine_uses_torch_fp8_gemms_in_the_layers():
-    from models.gpt3.fp8_linear import Fp8ColumnParallelLinear, Fp8RowParallelLinear
+    from runtime.mcore.fp8_linear import Fp8ColumnParallelLinear, Fp8RowParallelLinear
     from models.gpt3.model import layer_spec
 
     cfg = dgxh100_64x8()

@@ -12,7 +12,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from models.gpt3.config import debug, dgxh100_64x8
 from models.gpt3.reference_checkpoint import (ReferenceCheckpointError, _Reader, adam_step, read_common,
                                               reference_key, reference_shapes, write_synthetic_reference_checkpoint)
-from runtime.zarr_array import write_zarr
+from runtime.mcore.zarr_array import write_zarr
 
 zarr = pytest.importorskip("zarr")
 

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from models.resnet.config import FLAVOURS
-from runtime.config import apply_overrides, resolve_flavour, write_run_snapshot
+from models.resnet import SPEC
+from runtime.config import apply_overrides, write_run_snapshot
 
 
 def test_overrides_are_parsed_by_field_type():
-    cfg = resolve_flavour(FLAVOURS, "debug")
+    cfg = SPEC.config("debug")
     apply_overrides(cfg, ["optim.base_lr=2.5", "train.global_batch_size=64", "train.compile=true",
                           "model.depths=2,2,2,2", "run.seed=none", "data.loader=dali", "train.epochs=1e1"])
     assert cfg.optim.base_lr == 2.5 and cfg.train.global_batch_size == 64 and cfg.train.compile is True
@@ -25,22 +25,22 @@ def test_overrides_are_parsed_by_field_type():
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ValueError, match=message):
-        apply_overrides(resolve_flavour(FLAVOURS, "debug"), [override])
+        apply_overrides(SPEC.config("debug"), [override])
 
 
 def test_unknown_flavour():
-    with pytest.raises(ValueError, match="unknown flavour 'dgx'; known: debug, dgxh100_1x8, dgxh100_8x8"):
-        resolve_flavour(FLAVOURS, "dgx")
+    with pytest.raises(ValueError, match="resnet: unknown flavour 'dgx'; known: debug, dgxh100_1x8, dgxh100_8x8"):
+        SPEC.config("dgx")
 
 
 def test_flavours_are_independent_objects():
-    a, b = resolve_flavour(FLAVOURS, "debug"), resolve_flavour(FLAVOURS, "debug")
+    a, b = SPEC.config("debug"), SPEC.config("debug")
     apply_overrides(a, ["optim.base_lr=1"])
     assert b.optim.base_lr != 1
 
 
 def test_real_flavour_is_the_rcp_point():
-    cfg = resolve_flavour(FLAVOURS, "dgxh100_8x8")
+    cfg = SPEC.config("dgxh100_8x8")
     assert cfg.train.global_batch_size == 3264 and cfg.optim.base_lr == 10.5
     assert cfg.optim.warmup_epochs == 2 and cfg.optim.weight_decay == 5e-5 and cfg.run.target == 0.759
     assert cfg.data.train_samples == 1_281_167 and cfg.data.eval_samples == 50_000
@@ -48,7 +48,7 @@ def test_real_flavour_is_the_rcp_point():
 
 
 def test_snapshot(tmp_path):
-    cfg = resolve_flavour(FLAVOURS, "debug")
+    cfg = SPEC.config("debug")
     write_run_snapshot(str(tmp_path), "resnet", "debug", cfg, {"layout": "world=1"})
     snap = json.loads((tmp_path / "run_config.json").read_text())
     assert snap["config"]["optim"]["base_lr"] == cfg.optim.base_lr

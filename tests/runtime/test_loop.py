@@ -5,18 +5,18 @@ import json
 import torch
 from conftest import compliance
 
-from runtime.benchmark import Benchmark, Block, RunContext
+from runtime.benchmark import Benchmark, BenchmarkSpec, RunContext
 from runtime.config import RunConfig
 from runtime.distributed import LaunchEnv
 from runtime.loop import EXIT_NOT_CONVERGED, EXIT_SUCCESS, RunLoop
 from runtime.mlperf_log import MLPerfLogger
 from runtime.parallel import ParallelLayout
+from runtime.schedule import Block
 
 
 class Toy(Benchmark):
     """Fits y = 3x with SGD; 'accuracy' is 1 - |w - 3| / 3, so it rises as training goes on."""
 
-    name = "resnet"  # reuse a real benchmark name so the compliance checker has a rule file
     global_batch_size = 8
 
     def __init__(self, ctx, evals_per_block=1, nan_at=None, steps_per_block=5, blocks=6):
@@ -69,14 +69,22 @@ class Toy(Benchmark):
         self.opt.load_state_dict(state["opt"])
 
 
-def _ctx(tmp_path, name="log.txt"):
+def _spec(**changes):
+    # a real benchmark's log name, so that the compliance checker has a rule file for the toy's log
+    return BenchmarkSpec(**{**dict(name="resnet", flavours={"debug": lambda: None}, benchmark=Toy,
+                                   write_synthetic_data=lambda cfg, out: None, metric="accuracy",
+                                   higher_is_better=True, eval_unit="epochs"), **changes})
+
+
+def _ctx(tmp_path, name="log.txt", spec=None):
     log = MLPerfLogger(str(tmp_path / name), enabled=True, stdout=False)
     launch = LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 29500)
-    return RunContext(launch, ParallelLayout(1, 0), torch.device("cpu"), log, str(tmp_path), "", seed=5)
+    return RunContext(spec or _spec(), launch, ParallelLayout(1, 0), torch.device("cpu"), log, str(tmp_path), "",
+                      seed=5)
 
 
-def _run(tmp_path, run_cfg, name="log.txt", **toy_args):
-    ctx = _ctx(tmp_path, name)
+def _run(tmp_path, run_cfg, name="log.txt", spec=None, **toy_args):
+    ctx = _ctx(tmp_path, name, spec)
     ctx.log.event("cache_clear", True)
     ctx.log.start("init_start")
     ctx.log.log_submission("resnet", org="t", platform="cpu", division="closed", status="onprem")
@@ -136,9 +144,8 @@ def test_resume_continues_with_the_same_next_loss(tmp_path):
     assert [v for _, v in second.evals] == [v for _, v in full.evals]
 
 
-def test_train_samples_can_be_logged_at_stop_as_samples_trained(tmp_path, monkeypatch):
-    monkeypatch.setattr(Toy, "train_samples_at_stop", True)
-    result, _, log = _run(tmp_path, RunConfig(target=0.8, log_every_steps=5))
+def test_train_samples_can_be_logged_at_stop_as_samples_trained(tmp_path):
+    result, _, log = _run(tmp_path, RunConfig(target=0.8, log_every_steps=5), spec=_spec(train_samples_at_stop=True))
     events = _events(log)
     keys = [e["key"] for e in events]
     assert keys.count("train_samples") == 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.zarr_array import ZarrArray, ZarrError, write_zarr
+from runtime.mcore.zarr_array import ZarrArray, ZarrError, write_zarr
 
 zarr = pytest.importorskip("zarr")
 numcodecs = pytest.importorskip("numcodecs")

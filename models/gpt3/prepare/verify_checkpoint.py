@@ -17,8 +17,8 @@ import sys
 
 from models.gpt3.reference_checkpoint import read_common, reference_shapes
 from runtime import config as config_lib
-from runtime.benchmark import load_benchmark
-from runtime.zarr_array import ZarrArray, ZarrError
+from runtime.benchmark import load_spec
+from runtime.mcore.zarr_array import ZarrArray, ZarrError
 
 _VOCAB = "language_model.embedding.word_embeddings.weight"
 
@@ -58,8 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint_dir")
     p.add_argument("--flavour", default="dgxh100_64x8")
     args = p.parse_args(argv)
-    flavours, _ = load_benchmark("gpt3")
-    cfg = config_lib.resolve_flavour(flavours, args.flavour)
+    cfg = load_spec("gpt3").config(args.flavour)
     found = problems(args.checkpoint_dir, cfg.model)
     for line in found:
         print(line)

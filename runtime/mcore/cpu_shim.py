@@ -10,7 +10,7 @@ megatron-core assumes CUDA in a few spots that matter to the debug runs and test
     `torch` whose `zeros` maps "cuda" to "cpu";
   * with PP and tied embeddings, LanguageModule moves the shared weight `.cuda()` before all-reducing it
     between the first and last stage: during that one method `Tensor.cuda` returns the tensor itself.
-Still CUDA-only after this shim (kept for CUDA, replaced on CPU by models/gpt3/parallelize.py): the
+Still CUDA-only after this shim (kept for CUDA, replaced on CPU by runtime/mcore/parallelize.py): the
 distributed optimizer and megatron's grad clipping (both assert CUDA tensors).
 
 `apply()` is idempotent and does nothing when CUDA is available, so GPU runs use megatron-core untouched.

@@ -1,4 +1,5 @@
-"""The megatron layout of a run: parallel_state from our ParallelLayout, DDP-wrapped chunks, the optimizer.
+"""The megatron layout of a run (GPT-3, Llama 2): parallel_state from our ParallelLayout, DDP-wrapped chunks,
+the optimizer.
 
     state = init_megatron(layout, virtual_pp, seed)      # parallel_state + model-parallel RNG seeds
     chunks = wrap_ddp(chunks, config, distributed_optimizer=...)
@@ -24,8 +25,8 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
 from megatron.core.transformer.module import param_is_not_shared
 
-from models.gpt3 import cpu_shim
-from models.gpt3.config import OptimConfig
+from runtime.mcore import cpu_shim
+from runtime.mcore.config import AdamConfig
 from runtime.parallel import ParallelLayout
 
 
@@ -49,8 +50,14 @@ def init_megatron(layout: ParallelLayout, virtual_pp: int, seed: int) -> None:
               "cp": parallel_state.get_context_parallel_rank()}
     if mine != theirs:
         raise RuntimeError(f"megatron's rank coordinates {theirs} disagree with the run layout's {mine}")
+    layout.adopt_groups(parallel_state.get_data_parallel_group())  # one set of groups: megatron's
     # Same seed within a TP group for replicated weights, offset per TP rank for the sharded ones.
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_megatron() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
 
 
 def wrap_ddp(chunks, config, *, distributed_optimizer: bool, grad_reduce_in_fp32: bool):
@@ -80,7 +87,7 @@ def wrap_ddp(chunks, config, *, distributed_optimizer: bool, grad_reduce_in_fp32
 class ReplicatedAdamW:
     """CPU optimizer with megatron's semantics (see the module docstring); param_groups carry the lr."""
 
-    def __init__(self, chunks, o: OptimConfig):
+    def __init__(self, chunks, o: AdamConfig):
         self.chunks = chunks
         self.params = [p for c in chunks for p in c.parameters() if p.requires_grad]
         self.clip_grad = o.clip_grad
@@ -147,7 +154,7 @@ class ReplicatedAdamW:
 class MegatronOptimizer:
     """megatron-core's optimizer (CUDA) behind the same small interface as ReplicatedAdamW."""
 
-    def __init__(self, chunks, o: OptimConfig, config, *, distributed_optimizer: bool):
+    def __init__(self, chunks, o: AdamConfig, config, *, distributed_optimizer: bool):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         opt_cfg = OptimizerConfig(optimizer="adam", lr=o.base_lr, min_lr=o.base_lr * o.min_lr_ratio,
@@ -197,7 +204,7 @@ class MegatronOptimizer:
                     s["step"] = torch.full_like(s["step"], step) if torch.is_tensor(s["step"]) else step
 
 
-def build_optimizer(chunks, o: OptimConfig, config, *, distributed_optimizer: bool):
+def build_optimizer(chunks, o: AdamConfig, config, *, distributed_optimizer: bool):
     if torch.cuda.is_available():
         return MegatronOptimizer(chunks, o, config, distributed_optimizer=distributed_optimizer)
     return ReplicatedAdamW(chunks, o)

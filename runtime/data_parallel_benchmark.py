@@ -1,0 +1,143 @@
+"""The training mechanics every plain-PyTorch, data-parallel benchmark shares (ResNet, BERT, and next
+RetinaNet, 3D U-Net, Stable Diffusion, R-GAT).
+
+A subclass builds `self.model` (through runtime.data_parallel.replicate) and `self.optimizer`, and supplies
+what is its own:
+
+    learning_rate(step)          the schedule, at the 0-based step the update is for
+    loss(micro_batch)            forward under self.autocast() + loss, averaged over the micro-batch
+    train_micro_batches(step)    this rank's micro-batches of global batch `step`
+    synthetic_batches()          (train micro-batches, one eval batch) of random data, for the warm-up
+    eval_counts(batch)           float64 counters of one eval batch, named by `eval_counters`, the last of
+                                 which counts samples (checked against data.eval_samples after the reduce)
+    open_data(), blocks(), log_hyperparameters()
+
+and gets the rest once: gradient accumulation with DDP's `no_sync` on all but the last micro-batch,
+autocast by name, the learning rate set before each step, a warm-up that restores the initial weights and
+optimizer state, the evaluation's all-reduce with its expected-count check, and the default checkpoints.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from kernels.shared_lr import SharedLearningRate
+from runtime.benchmark import Benchmark, RunContext
+from runtime.config import BenchmarkConfig
+from runtime.precision import autocast, autocast_dtype
+
+
+class DataParallelBenchmark(Benchmark):
+    precisions: tuple[str, ...] = ("fp32", "bf16")  # what train.precision may say
+    eval_counters: tuple[str, ...] = ("correct", "samples")
+
+    def __init__(self, cfg: BenchmarkConfig, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        t, dp = cfg.train, ctx.layout.dp
+        if t.grad_accum < 1 or t.global_batch_size % (dp * t.grad_accum):
+            raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
+                             f"dp*grad_accum = {dp}*{t.grad_accum}")
+        self.micro_batch = t.global_batch_size // (dp * t.grad_accum)  # samples per rank per micro-batch
+        self.autocast_dtype = autocast_dtype(t.precision, self.precisions)
+        self.train_data = self.eval_data = None
+        self._lr = 0.0
+
+    # -- what the benchmark supplies ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def learning_rate(self, step: int) -> float: ...
+
+    @abc.abstractmethod
+    def loss(self, micro_batch) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def train_micro_batches(self, step: int) -> list: ...
+
+    @abc.abstractmethod
+    def synthetic_batches(self) -> tuple[list, object]: ...
+
+    @abc.abstractmethod
+    def eval_counts(self, batch) -> torch.Tensor: ...
+
+    def eval_metric(self, counts: torch.Tensor) -> float:
+        return float(counts[0] / counts[1])
+
+    def after_step(self) -> None:
+        """After each optimizer step (e.g. FP8 scale updates)."""
+
+    # -- shared mechanics ----------------------------------------------------------------------------------
+    def autocast(self):
+        return autocast(self.ctx.device, self.autocast_dtype)
+
+    def set_learning_rate(self, lr: float) -> None:
+        self._lr = lr
+        if isinstance(self.optimizer, SharedLearningRate):
+            self.optimizer.set_lr(lr)  # in place: a captured graph sees it
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+    def step_on(self, micro_batches: list, step: int) -> torch.Tensor:
+        """One optimizer step over `micro_batches`; the loss summed over them, as a device tensor."""
+        self.set_learning_rate(self.learning_rate(step))
+        total = torch.zeros((), device=self.ctx.device)
+        count = len(micro_batches)
+        for i, micro_batch in enumerate(micro_batches):
+            # The gradient all-reduce runs once, in the last micro-batch's backward.
+            defer = i < count - 1 and isinstance(self.model, DistributedDataParallel)
+            with self.model.no_sync() if defer else contextlib.nullcontext():
+                loss = self.loss(micro_batch) / count
+                loss.backward()
+            total += loss.detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.after_step()
+        return total
+
+    def train_step(self, step: int) -> torch.Tensor:
+        micro_batches = self.train_micro_batches(step)
+        self.model.train()
+        return self.step_on(micro_batches, step)
+
+    @torch.no_grad()
+    def eval_totals(self, batches) -> torch.Tensor:
+        self.model.eval()
+        counts = torch.zeros(len(self.eval_counters), dtype=torch.float64, device=self.ctx.device)
+        for batch in batches:
+            counts += self.eval_counts(batch)
+        return counts
+
+    def evaluate(self) -> float:
+        counts = self.eval_totals(self.eval_data)
+        if self.ctx.launch.world_size > 1:
+            dist.all_reduce(counts, group=self.ctx.layout.dp_group())
+        if int(counts[-1]) != self.cfg.data.eval_samples:
+            raise RuntimeError(f"evaluated {int(counts[-1])} samples, expected all {self.cfg.data.eval_samples}")
+        return self.eval_metric(counts)
+
+    def warmup(self, steps: int) -> None:
+        """Allocate / compile / tune on random batches (no dataset access), then put the initial weights and
+        optimizer state back, so the timed run starts where an unwarmed one would."""
+        if steps <= 0:
+            return
+        saved = copy.deepcopy(self.state_dict())
+        train, evaluation = self.synthetic_batches()
+        self.model.train()
+        for step in range(steps):
+            self.step_on(train, step)
+        self.eval_totals([evaluation])
+        self.load_state_dict(saved)
+
+    def progress_fields(self) -> dict:
+        return {"lr": float(self._lr)}
+
+    def close(self) -> None:
+        for data in (self.train_data, self.eval_data):
+            close = getattr(data, "close", None)
+            if close is not None:
+                close()

@@ -7,10 +7,16 @@
 #
 #   BENCHMARK, FLAVOUR   what to train: python -m runtime.train $BENCHMARK --flavour $FLAVOUR
 #   DATADIR, LOGDIR      dataset; where logs, nsys reports and the run directory go (default ./results)
+#   PREPROC_DATA         NVIDIA's GPT-3 name for the dataset directory: used when DATADIR is unset
 #   RUNDIR               the run directory (default $LOGDIR/<benchmark>_<jobid>)
 #   SEED                 passed as --seed when set; otherwise the entry point draws a fresh one
 #   LOAD_CHECKPOINTS_PATH  the initial checkpoint, passed as data.init_checkpoint (GPT-3's reference checkpoint)
 #   EXTRA_ARGS           dotted overrides, e.g. "optim.base_lr=4 train.max_epochs=20"; "$@" is appended too
+#   TENSOR_MODEL_PARALLEL, PIPELINE_MODEL_PARALLEL, INTERLEAVED_PIPELINE, MICRO_BATCH_SIZE, MINIBS
+#                        NVIDIA's GPT-3 layout and batch variables: parallel.tp, parallel.pp, train.virtual_pp,
+#                        train.micro_batch_size, and train.global_batch_size = MINIBS x DP (DP = ranks / (TP x PP
+#                        x CP)); refused for a benchmark that has no such field. SPM (the tokenizer model) is
+#                        refused: nothing here reads it.
 #   DGXNGPU              processes per node for torchrun (default: the node's GPU count, or 1 without GPUs)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, RDZV_ID   multi-node torchrun (c10d rendezvous; node 0 hosts it)
 #   LAUNCH_MODE          torchrun | direct, to override the automatic choice
@@ -20,10 +26,21 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# A setting this script cannot honour stops the run before it starts: one line, exit 2.
+refuse() { echo "run_and_time: $*" >&2; exit 2; }
 
 : "${BENCHMARK:?set BENCHMARK (resnet, ssd, unet3d, stable_diffusion, bert, gpt3, llama2_70b_lora, dlrm_dcnv2, gnn)}"
 : "${FLAVOUR:?set FLAVOUR (debug, dgxh100_1x8, ...); the config files under launchers/<benchmark>/ set it}"
-: "${DATADIR:?set DATADIR to the dataset directory}"
+# NVIDIA's GPT-3 mounts its tokenizer as SPM. Nothing here reads it (the C4 files come tokenized), so a set SPM
+# is refused rather than ignored.
+[[ -z "${SPM:-}" ]] || refuse "SPM=$SPM is not used: the GPT-3 data are tokenized .bin/.idx files (DATADIR); unset SPM"
+# NVIDIA's GPT-3 calls the dataset directory PREPROC_DATA.
+if [[ -n "${PREPROC_DATA:-}" ]]; then
+    [[ -z "${DATADIR:-}" || "$DATADIR" == "$PREPROC_DATA" ]] ||
+        refuse "DATADIR=$DATADIR and PREPROC_DATA=$PREPROC_DATA name two dataset directories; set one of them"
+    DATADIR="$PREPROC_DATA"
+fi
+: "${DATADIR:?set DATADIR (or PREPROC_DATA, as NVIDIA calls it) to the dataset directory}"
 # Relative paths mean relative to where the caller stood, not to the repository we change into below.
 absolute() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
 DATADIR="$(absolute "$DATADIR")"
@@ -59,11 +76,12 @@ if [[ "${NVTX_FLAG:-0}" == 1 ]]; then
 fi
 [[ -n "${LOAD_CHECKPOINTS_PATH:-}" ]] && entry+=("data.init_checkpoint=$LOAD_CHECKPOINTS_PATH")
 read -ra extra_args <<< "${EXTRA_ARGS:-}"
-entry+=("${extra_args[@]}" "$@")
+overrides=("${extra_args[@]}" "$@")
 
 case "$LAUNCH_MODE" in
     direct)
         rank="${SLURM_PROCID:-${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}}}"
+        world="${SLURM_NTASKS:-${OMPI_COMM_WORLD_SIZE:-${PMI_SIZE:-1}}}"
         launch=("$PYTHON" -u)
         ;;
     torchrun)
@@ -74,6 +92,7 @@ case "$LAUNCH_MODE" in
             DGXNGPU="$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)"
             [[ "$DGXNGPU" -gt 0 ]] || DGXNGPU=1
         fi
+        world=$((nnodes * DGXNGPU))
         if [[ "$nnodes" -eq 1 ]]; then
             # --standalone: a private rendezvous on a free port, so concurrent jobs on one host never collide.
             launch=(torchrun --standalone --nnodes=1 --nproc_per_node="$DGXNGPU")
@@ -92,6 +111,57 @@ case "$LAUNCH_MODE" in
         ;;
     *) echo "run_and_time: LAUNCH_MODE must be torchrun or direct, not '$LAUNCH_MODE'" >&2; exit 2 ;;
 esac
+
+# --- NVIDIA's GPT-3 layout and batch variables ------------------------------------------------------------
+# NVIDIA's config files give the layout and batch as variables; ours name a flavour. Each variable that is set
+# becomes the override of the field it means, placed before EXTRA_ARGS and the arguments (which must agree).
+# Which variables a benchmark takes, and the field of its config (models/<benchmark>/config.py) each one sets;
+# tests/launchers checks that every field named here exists. The rest are refused.
+declare -A field_of=([MINIBS]=train.global_batch_size)
+if [[ "$BENCHMARK" == gpt3 ]]; then
+    field_of+=([TENSOR_MODEL_PARALLEL]=parallel.tp [PIPELINE_MODEL_PARALLEL]=parallel.pp
+               [INTERLEAVED_PIPELINE]=train.virtual_pp [MICRO_BATCH_SIZE]=train.micro_batch_size)
+fi
+
+# The value the overrides give a field (the last one wins, as in runtime.train), or nothing.
+overridden() {
+    local item value=""
+    for item in "${overrides[@]}"; do [[ "$item" == "$1="* ]] && value="${item#*=}"; done
+    echo "$value"
+}
+
+for var in TENSOR_MODEL_PARALLEL PIPELINE_MODEL_PARALLEL INTERLEAVED_PIPELINE MICRO_BATCH_SIZE MINIBS; do
+    value="${!var:-}"
+    [[ -n "$value" ]] || continue
+    field="${field_of[$var]:-}"
+    [[ -n "$field" ]] || refuse "$var=$value is NVIDIA's GPT-3 variable, which $BENCHMARK does not take; unset $var"
+    # NVIDIA writes "null" (or 0) for no interleaving; ours is one model chunk per pipeline stage.
+    [[ "$var" == INTERLEAVED_PIPELINE && "$value" =~ ^(0|null|None)$ ]] && value=1
+    [[ "$value" =~ ^[1-9][0-9]*$ ]] || refuse "$var=$value: expected a positive integer"
+    if [[ "$var" == MINIBS ]]; then
+        # MINIBS is the batch of one data-parallel replica (NVIDIA: GBS / DP, the config name's third number), and
+        # DP what the model-parallel groups leave of the ranks. Without model parallelism DP is every rank; with
+        # it, the group sizes must be known here, and the flavour's are not (NVIDIA's configs set all three).
+        tp=1 pp=1 cp=1
+        if [[ -n "${field_of[TENSOR_MODEL_PARALLEL]:-}" ]]; then
+            tp="${TENSOR_MODEL_PARALLEL:-$(overridden parallel.tp)}"
+            pp="${PIPELINE_MODEL_PARALLEL:-$(overridden parallel.pp)}"
+            cp="$(overridden parallel.cp)" && cp="${cp:-1}"
+            [[ -n "$tp" && -n "$pp" ]] ||
+                refuse "MINIBS=$value is GBS / DP: set TENSOR_MODEL_PARALLEL and PIPELINE_MODEL_PARALLEL too"
+            [[ "$tp $pp $cp" =~ ^[1-9][0-9]*\ [1-9][0-9]*\ [1-9][0-9]*$ ]] ||
+                refuse "MINIBS=$value: TP $tp, PP $pp and CP $cp are not all positive integers"
+        fi
+        (( world % (tp * pp * cp) == 0 )) ||
+            refuse "MINIBS=$value: $world ranks do not split into TP $tp x PP $pp x CP $cp groups"
+        value=$((value * world / (tp * pp * cp)))
+    fi
+    given="$(overridden "$field")"
+    [[ -z "$given" || "$given" == "$value" ]] ||
+        refuse "$var gives $field=$value but EXTRA_ARGS or the arguments set $field=$given; keep one"
+    entry+=("$field=$value")
+done
+entry+=("${overrides[@]}")
 
 # --- wrappers -------------------------------------------------------------------------------------------
 wrap=()

@@ -4,7 +4,7 @@
 #   source launchers/bert/config_DGXH100_01x08x96x2_pack.sh
 #   CONT=<image> DATADIR=/lustre/bert LOGDIR=$PWD/results sbatch -N $DGXNNODES -t $WALLTIME launchers/bert.sub
 # DATADIR: store/train, store/eval and phase1/model.ckpt-28252.npz (launchers/bert.sub). A checkpoint kept
-# elsewhere: EXTRA_MOUNTS=/ckpt:/ckpt EXTRA_ARGS="train.init_checkpoint=/ckpt/model.ckpt-28252.npz".
+# elsewhere: EXTRA_MOUNTS=/ckpt:/ckpt EXTRA_ARGS="data.init_checkpoint=/ckpt/model.ckpt-28252.npz".
 # Every value is a default: set it in the environment before sourcing to change it.
 
 ## DL params: the typed recipe (models/bert/config.py), never a flag string
@@ -14,16 +14,9 @@ export EXTRA_ARGS=${EXTRA_ARGS:-}          # dotted overrides for experiments, e
 
 ## System run params
 export DGXNNODES=${DGXNNODES:-1}
-DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
-export DGXSYSTEM=${DGXSYSTEM#config_}
 # Minutes per run: NVIDIA's 8xH100 time is 5.5 min at GBS 768; GBS 1536 needs ~6% more samples, and this
 # stack has not been timed on H100 yet. Plus up to 10 of untimed init (checkpoint load, warm-up) and slack.
 export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-25}
-# Margin: container import on the node, per-run cache drop and compliance check.
-export WALLTIME=$(( ${NEXP:-1} * WALLTIME_RUNANDTIME + 10 ))
 
-## System config params
-export DGXNGPU=${DGXNGPU:-8}
-export DGXSOCKETCORES=${DGXSOCKETCORES:-56}
-export DGXNSOCKET=${DGXNSOCKET:-2}
-export DGXHT=${DGXHT:-2}                     # hyperthreads per core
+# DGXSYSTEM from this file's name, the system block (launchers/systems/), NEXP and WALLTIME.
+source "$(dirname "${BASH_SOURCE[0]}")/../config_common.sh"

@@ -11,16 +11,8 @@ export EXTRA_ARGS=${EXTRA_ARGS:-}
 
 ## System run params
 export DGXNNODES=${DGXNNODES:-8}
-DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
-export DGXSYSTEM=${DGXSYSTEM#config_}
 # Minutes per run: about 1-2 timed (NVIDIA: 64 H100 at this batch) + up to 10 of untimed init + slack.
 export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-15}
-export WALLTIME=$(( ${NEXP:-1} * WALLTIME_RUNANDTIME + 10 ))
 
-## System config params
-export DGXNGPU=${DGXNGPU:-8}
-export DGXSOCKETCORES=${DGXSOCKETCORES:-56}
-export DGXNSOCKET=${DGXNSOCKET:-2}
-export DGXHT=${DGXHT:-2}
-# Multi-node: bindpcie also pins each rank to the InfiniBand HCA nearest its GPU.
-export ENABLE_IB_BINDING=${ENABLE_IB_BINDING:-1}
+# DGXSYSTEM from this file's name, the system block (launchers/systems/), NEXP and WALLTIME.
+source "$(dirname "${BASH_SOURCE[0]}")/../config_common.sh"

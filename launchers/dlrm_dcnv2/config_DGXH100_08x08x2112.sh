@@ -11,17 +11,9 @@ export EXTRA_ARGS=${EXTRA_ARGS:-}
 
 ## System run params
 export DGXNNODES=${DGXNNODES:-8}
-DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
-export DGXSYSTEM=${DGXSYSTEM#config_}
 # Minutes per run: NVIDIA's HugeCTR needs ~1 timed on 64-128 H100; this torchrec path is unmeasured on GPUs:
 # allow 10 timed + the untimed init + slack.
 export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-20}
-export WALLTIME=$(( ${NEXP:-1} * WALLTIME_RUNANDTIME + 10 ))
 
-## System config params
-export DGXNGPU=${DGXNGPU:-8}
-export DGXSOCKETCORES=${DGXSOCKETCORES:-56}
-export DGXNSOCKET=${DGXNSOCKET:-2}
-export DGXHT=${DGXHT:-2}
-# Multi-node: bindpcie also pins each rank to the InfiniBand HCA nearest its GPU.
-export ENABLE_IB_BINDING=${ENABLE_IB_BINDING:-1}
+# DGXSYSTEM from this file's name, the system block (launchers/systems/), NEXP and WALLTIME.
+source "$(dirname "${BASH_SOURCE[0]}")/../config_common.sh"

@@ -1,6 +1,6 @@
 # GPT-3 175B on 64 DGX H100 (512 GPUs): GBS 2304, NVIDIA v4.0 50.73 min.
 #   source launchers/gpt3/config_DGXH100_64x8x144x4x8_mbs2.sh
-#   CONT=<image> NEXP=3 DATADIR=/lustre/c4/preprocessed_c4_spm LOAD_CHECKPOINTS_PATH=/lustre/gpt3/ckpt4000 \
+#   CONT=<image> DATADIR=/lustre/c4/preprocessed_c4_spm LOAD_CHECKPOINTS_PATH=/lustre/gpt3/ckpt4000 \
 #     LOGDIR=$PWD/results sbatch -N $DGXNNODES -t $WALLTIME launchers/gpt3.sub
 # Name: <nodes>x<gpus>x<GBS/DP>x<TP>x<PP>_mbs<MBS> (NVIDIA's v4.0 convention). The layout and batch live
 # in models/gpt3/config.py (flavour dgxh100_64x8: GBS 2304, TP 4, PP 8, virtual PP 4, MBS 2, DP 16); the data
@@ -22,15 +22,12 @@ export PROFILE_STOP_STEP=${PROFILE_STOP_STEP:-13}
 
 ## System run params
 export DGXNNODES=${DGXNNODES:-64}
-DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
-export DGXSYSTEM=${DGXSYSTEM#config_}
 # Minutes per run: timed part + up to 30 min of init (checkpoint load, warm-up) + slack.
 export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-90}
-export WALLTIME=$(( ${NEXP:-3} * WALLTIME_RUNANDTIME + 15 ))
+# NVIDIA's GPT-3 practice: 3 runs per allocation. WALLTIME follows NEXP, so set it before sourcing this file.
+export NEXP=${NEXP:-3}
+# More than the system's 10-minute margin: the container import and the NCCL test take longer on this many nodes.
+export WALLTIME_MARGIN=${WALLTIME_MARGIN:-15}
 
-## System config params
-export DGXNGPU=${DGXNGPU:-8}
-export DGXSOCKETCORES=${DGXSOCKETCORES:-56}
-export DGXNSOCKET=${DGXNSOCKET:-2}
-export DGXHT=${DGXHT:-2}
-export ENABLE_IB_BINDING=${ENABLE_IB_BINDING:-1}
+# DGXSYSTEM from this file's name, the system block (launchers/systems/), NEXP and WALLTIME.
+source "$(dirname "${BASH_SOURCE[0]}")/../config_common.sh"

@@ -12,15 +12,8 @@ export EXTRA_ARGS=${EXTRA_ARGS:-}
 
 ## System run params
 export DGXNNODES=${DGXNNODES:-1}
-DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
-export DGXSYSTEM=${DGXSYSTEM#config_}
 # Minutes per run: the debug run takes under a minute on 2 idle cores; shared machines are slower.
 export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-10}
-export WALLTIME=$(( ${NEXP:-1} * WALLTIME_RUNANDTIME + 5 ))
 
-## System config params
-export DGXNGPU=${DGXNGPU:-2}                 # processes per node; no GPUs behind them
-export DGXSOCKETCORES=${DGXSOCKETCORES:-2}
-export DGXNSOCKET=${DGXNSOCKET:-1}
-export DGXHT=${DGXHT:-1}
-export NCCL_TEST=${NCCL_TEST:-0}             # nothing to measure without GPUs
+# DGXSYSTEM from this file's name, the system block (launchers/systems/), NEXP and WALLTIME.
+source "$(dirname "${BASH_SOURCE[0]}")/../config_common.sh"

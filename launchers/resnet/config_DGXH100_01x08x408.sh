@@ -10,15 +10,8 @@ export EXTRA_ARGS=${EXTRA_ARGS:-}          # dotted overrides for experiments, e
 
 ## System run params
 export DGXNNODES=${DGXNNODES:-1}
-DGXSYSTEM=$(basename "${BASH_SOURCE[0]}" .sh)
-export DGXSYSTEM=${DGXSYSTEM#config_}
 # Minutes per run: 13.3 timed (NVIDIA v4.0, 8xH100) + up to 10 of untimed init (compile, warm-up) + slack.
 export WALLTIME_RUNANDTIME=${WALLTIME_RUNANDTIME:-30}
-# Margin: container import on the node, per-run cache drop and compliance check.
-export WALLTIME=$(( ${NEXP:-1} * WALLTIME_RUNANDTIME + 10 ))
 
-## System config params
-export DGXNGPU=${DGXNGPU:-8}
-export DGXSOCKETCORES=${DGXSOCKETCORES:-56}
-export DGXNSOCKET=${DGXNSOCKET:-2}
-export DGXHT=${DGXHT:-2}                     # hyperthreads per core
+# DGXSYSTEM from this file's name, the system block (launchers/systems/), NEXP and WALLTIME.
+source "$(dirname "${BASH_SOURCE[0]}")/../config_common.sh"

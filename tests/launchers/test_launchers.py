@@ -27,13 +27,18 @@ LAUNCHERS = REPO / "launchers"
 RUN_AND_TIME = LAUNCHERS / "run_and_time.sh"
 MPIRUN_SH = LAUNCHERS / "mpirun.sh"
 RESNET_SUB = LAUNCHERS / "resnet.sub"
-CONFIGS = sorted((LAUNCHERS / "resnet").glob("config_*.sh"))
+# Every benchmark's wrapper and config files, found by glob, so a new benchmark is covered without a test edit.
+SUBS = sorted(p for p in LAUNCHERS.glob("*.sub") if p.name != "run.sub")
+CONFIGS = sorted(LAUNCHERS.glob("*/config_*.sh"))
+RESNET_CONFIGS = [c for c in CONFIGS if c.parent.name == "resnet"]
 # Variables by which a launcher announces itself: a test run inside a Slurm job or mpirun must not see them.
 _LAUNCH_PREFIXES = ("SLURM_", "OMPI_", "PMI_", "PMIX_", "MPI_LOCAL", "TORCHELASTIC_")
 _LAUNCH_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NNODES",
                 "NODE_RANK", "DGXNGPU", "DGXNNODES", "DGXSYSTEM", "NVTX_FLAG", "EXTRA_ARGS", "SEED", "SEED_BASE",
                 "LAUNCH_MODE", "RUNDIR", "LOGDIR", "DATADIR", "BENCHMARK", "FLAVOUR", "CONT", "NEXP",
-                "LOAD_CHECKPOINTS_PATH"}
+                "LOAD_CHECKPOINTS_PATH", "MLPERF_REPO", "WALLTIME", "WALLTIME_RUNANDTIME", "WALLTIME_MARGIN",
+                "ENABLE_IB_BINDING", "TENSOR_MODEL_PARALLEL", "PIPELINE_MODEL_PARALLEL", "INTERLEAVED_PIPELINE",
+                "MICRO_BATCH_SIZE", "MINIBS", "PREPROC_DATA", "SPM"}
 
 
 def clean_env(tmp_path: Path | None = None, **overrides) -> dict:
@@ -234,6 +239,172 @@ def test_no_bindpcie_without_the_binary_or_under_torchrun(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
+# run_and_time.sh: NVIDIA's GPT-3 launcher variables
+# ---------------------------------------------------------------------------------------------------
+
+GPT3_DGX_CONFIGS = [c for c in CONFIGS if c.parent.name == "gpt3" and not c.stem.startswith("config_CPU")]
+
+
+def slurm_ranks(world: int, nodes: int, **overrides) -> dict:
+    """What srun gives rank 0 of `world` tasks on `nodes` nodes (one task per GPU: ranks run python directly)."""
+    return {"SLURM_STEP_ID": 0, "SLURM_PROCID": 0, "SLURM_NTASKS": world, "SLURM_NNODES": nodes, **overrides}
+
+
+def run_overrides(cmd: list[str]) -> list[str]:
+    """The section.field=value arguments after --run-dir."""
+    args = entry_args(cmd)
+    return args[args.index("--run-dir") + 2:]
+
+
+def refused(tmp_path, **env) -> str:
+    """run_and_time.sh's refusal: exit 2 and one line on stderr, which is returned."""
+    r = run(["bash", RUN_AND_TIME], {**base_env(tmp_path, **env), "DRYRUN": "1"})
+    assert r.returncode == 2 and "DRYRUN:" not in r.stdout, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return r.stderr
+
+
+def test_nvidia_gpt3_variables_become_the_overrides_of_their_fields(tmp_path):
+    env = base_env(tmp_path, BENCHMARK="gpt3", FLAVOUR="dgxh100_64x8", TENSOR_MODEL_PARALLEL=4,
+                   PIPELINE_MODEL_PARALLEL=8, INTERLEAVED_PIPELINE=4, MICRO_BATCH_SIZE=2, MINIBS=144,
+                   EXTRA_ARGS="train.max_samples=1000", **slurm_ranks(512, 64))
+    _, cmd = dryrun(RUN_AND_TIME, env, "run.max_steps=5")
+    # Before EXTRA_ARGS and the arguments; MINIBS x DP, DP = 512 ranks / (TP 4 x PP 8) = 16.
+    assert run_overrides(cmd) == ["parallel.tp=4", "parallel.pp=8", "train.virtual_pp=4", "train.micro_batch_size=2",
+                                  "train.global_batch_size=2304", "train.max_samples=1000", "run.max_steps=5"]
+
+
+@pytest.mark.parametrize("var,value,override", [
+    ("TENSOR_MODEL_PARALLEL", "2", "parallel.tp=2"),
+    ("PIPELINE_MODEL_PARALLEL", "4", "parallel.pp=4"),
+    ("INTERLEAVED_PIPELINE", "2", "train.virtual_pp=2"),
+    ("INTERLEAVED_PIPELINE", "null", "train.virtual_pp=1"),  # NVIDIA's "not interleaved"
+    ("INTERLEAVED_PIPELINE", "0", "train.virtual_pp=1"),
+    ("MICRO_BATCH_SIZE", "4", "train.micro_batch_size=4"),
+])
+def test_each_nvidia_layout_variable_alone(tmp_path, var, value, override):
+    _, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, BENCHMARK="gpt3", DGXNGPU=8, **{var: value}))
+    assert run_overrides(cmd) == [override]
+
+
+@pytest.mark.parametrize("config", GPT3_DGX_CONFIGS, ids=lambda c: c.stem)
+def test_minibs_from_the_config_name_gives_the_flavours_batch(tmp_path, config):
+    """NVIDIA's config name <N>x<G>x<MINIBS>x<TP>x<PP>_mbs<MBS>, as variables on N x G ranks, asks for exactly the
+    layout and global batch of the flavour our config file names."""
+    from models.gpt3.config import FLAVOURS
+
+    values = source_config(config)
+    name = re.search(r"_(\d+)x(\d+)x(\d+)x(\d+)x(\d+)_mbs(\d+)", config.stem)
+    nodes, gpus, minibs, tp, pp, mbs = map(int, name.groups())
+    env = base_env(tmp_path, BENCHMARK="gpt3", FLAVOUR=values["FLAVOUR"], TENSOR_MODEL_PARALLEL=tp,
+                   PIPELINE_MODEL_PARALLEL=pp, MICRO_BATCH_SIZE=mbs, MINIBS=minibs, **slurm_ranks(nodes * gpus, nodes))
+    _, cmd = dryrun(RUN_AND_TIME, env)
+    cfg = FLAVOURS[values["FLAVOUR"]]()
+    assert run_overrides(cmd) == [f"parallel.tp={cfg.parallel.tp}", f"parallel.pp={cfg.parallel.pp}",
+                                  f"train.micro_batch_size={cfg.train.micro_batch_size}",
+                                  f"train.global_batch_size={cfg.train.global_batch_size}"]
+
+
+@pytest.mark.parametrize("env,gbs", [
+    # srun, 512 ranks in groups of TP 4 x PP 8: DP 16.
+    ({"TENSOR_MODEL_PARALLEL": 4, "PIPELINE_MODEL_PARALLEL": 8, **slurm_ranks(512, 64)}, 144 * 16),
+    # The layout from EXTRA_ARGS (the CPU config sets parallel.tp=2 there): 2 ranks, TP 2, DP 1.
+    ({"EXTRA_ARGS": "parallel.tp=2 parallel.pp=1", "DGXNGPU": 2}, 144),
+    # torchrun over 2 nodes x 4 processes, TP 2: DP 4.
+    ({"TENSOR_MODEL_PARALLEL": 2, "PIPELINE_MODEL_PARALLEL": 1, "DGXNGPU": 4, "NNODES": 2, "MASTER_ADDR": "n1"},
+     144 * 4),
+    # Open MPI's world size; context parallelism from the overrides divides too: DP 6 / 2.
+    ({"TENSOR_MODEL_PARALLEL": 1, "PIPELINE_MODEL_PARALLEL": 1, "EXTRA_ARGS": "parallel.cp=2",
+      "OMPI_COMM_WORLD_SIZE": 6, "OMPI_COMM_WORLD_RANK": 0}, 144 * 3),
+], ids=["srun", "extra-args", "torchrun-2-nodes", "mpirun-cp"])
+def test_minibs_is_the_batch_per_data_parallel_replica(tmp_path, env, gbs):
+    _, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, BENCHMARK="gpt3", MINIBS=144, **env))
+    assert f"train.global_batch_size={gbs}" in run_overrides(cmd)
+
+
+def test_minibs_without_model_parallelism_is_the_batch_per_rank(tmp_path):
+    _, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, BENCHMARK="resnet", MINIBS=51, **slurm_ranks(64, 8)))
+    assert run_overrides(cmd) == [f"train.global_batch_size={51 * 64}"]
+
+
+NON_GPT3 = sorted({c.parent.name for c in CONFIGS} - {"gpt3"})
+
+
+@pytest.mark.parametrize("benchmark", NON_GPT3)
+@pytest.mark.parametrize("var", ["TENSOR_MODEL_PARALLEL", "PIPELINE_MODEL_PARALLEL", "INTERLEAVED_PIPELINE",
+                                 "MICRO_BATCH_SIZE"])
+def test_nvidia_layout_variable_for_another_benchmark_is_refused(tmp_path, benchmark, var):
+    error = refused(tmp_path, BENCHMARK=benchmark, DGXNGPU=8, **{var: 2})
+    assert f"{var}=2 is NVIDIA's GPT-3 variable, which {benchmark} does not take; unset {var}" in error
+
+
+@pytest.mark.parametrize("benchmark", sorted({c.parent.name for c in CONFIGS}))
+def test_nvidia_variables_map_only_onto_fields_the_benchmark_has(tmp_path, benchmark):
+    """run_and_time.sh's table of fields, held to models/<benchmark>/config.py: every override it makes names a
+    field of the benchmark's config, and GPT-3 takes all five variables."""
+    import importlib
+
+    cfg = importlib.import_module(f"models.{benchmark}.config").FLAVOURS["debug"]()
+    taken = 0
+    for var in ("TENSOR_MODEL_PARALLEL", "PIPELINE_MODEL_PARALLEL", "INTERLEAVED_PIPELINE", "MICRO_BATCH_SIZE",
+                "MINIBS"):
+        # The layout as overrides, so that MINIBS can be honoured wherever there is model parallelism.
+        env = base_env(tmp_path, BENCHMARK=benchmark, DGXNGPU=1, **{var: 1})
+        r = run(["bash", RUN_AND_TIME, "parallel.tp=1", "parallel.pp=1"], {**env, "DRYRUN": "1"})
+        if r.returncode == 2:
+            continue
+        assert r.returncode == 0, r.stderr
+        taken += 1
+        override = run_overrides(shlex.split(r.stdout.splitlines()[1][len("DRYRUN:"):]))[-3]
+        section, field = override.split("=")[0].split(".")
+        assert hasattr(getattr(cfg, section, None), field), f"{var} -> {override}: no such field in {benchmark}"
+    if benchmark == "gpt3":
+        assert taken == 5
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"MICRO_BATCH_SIZE": "two"}, "MICRO_BATCH_SIZE=two: expected a positive integer"),
+    ({"TENSOR_MODEL_PARALLEL": 0}, "TENSOR_MODEL_PARALLEL=0: expected a positive integer"),
+    ({"MINIBS": 16, "TENSOR_MODEL_PARALLEL": 4, "PIPELINE_MODEL_PARALLEL": 1, "DGXNGPU": 6},
+     "MINIBS=16: 6 ranks do not split into TP 4 x PP 1 x CP 1 groups"),
+    ({"MINIBS": 16, "TENSOR_MODEL_PARALLEL": 4}, "MINIBS=16 is GBS / DP: set TENSOR_MODEL_PARALLEL and "
+                                                 "PIPELINE_MODEL_PARALLEL too"),
+    ({"MINIBS": 16, "EXTRA_ARGS": "parallel.tp=2 parallel.pp=two"}, "TP 2, PP two and CP 1 are not all positive"),
+    ({"TENSOR_MODEL_PARALLEL": 4, "EXTRA_ARGS": "parallel.tp=2"},
+     "TENSOR_MODEL_PARALLEL gives parallel.tp=4 but EXTRA_ARGS or the arguments set parallel.tp=2; keep one"),
+    ({"MINIBS": 8, "TENSOR_MODEL_PARALLEL": 1, "PIPELINE_MODEL_PARALLEL": 1,
+      "EXTRA_ARGS": "train.global_batch_size=16"},
+     "MINIBS gives train.global_batch_size=64 but EXTRA_ARGS or the arguments set train.global_batch_size=16"),
+], ids=["not-a-number", "zero", "indivisible-world", "layout-unknown", "layout-not-a-number",
+        "disagrees-with-extra-args", "gbs-disagrees"])
+def test_nvidia_variable_that_cannot_be_honoured_is_refused(tmp_path, env, message):
+    assert message in refused(tmp_path, **{"BENCHMARK": "gpt3", "DGXNGPU": 8, **env})
+
+
+def test_agreeing_variable_and_override_are_both_kept(tmp_path):
+    env = base_env(tmp_path, BENCHMARK="gpt3", DGXNGPU=8, TENSOR_MODEL_PARALLEL=2, EXTRA_ARGS="parallel.tp=2")
+    assert run_overrides(dryrun(RUN_AND_TIME, env)[1]) == ["parallel.tp=2", "parallel.tp=2"]
+
+
+@pytest.mark.parametrize("benchmark", ["gpt3", "resnet"])
+def test_spm_is_refused_because_nothing_reads_it(tmp_path, benchmark):
+    error = refused(tmp_path, BENCHMARK=benchmark, SPM="/lustre/c4/spm/c4_en_301_5Mexp2_spm.model")
+    assert "SPM=" in error and "not used" in error and "unset SPM" in error
+    _, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, BENCHMARK=benchmark, SPM=""))  # empty is unset
+    assert run_overrides(cmd) == []
+
+
+def test_preproc_data_is_the_data_dir_when_datadir_is_unset(tmp_path):
+    env = base_env(tmp_path, BENCHMARK="gpt3", PREPROC_DATA="/lustre/c4/preprocessed_c4_spm")
+    del env["DATADIR"]
+    _, cmd = dryrun(RUN_AND_TIME, env)
+    assert entry_args(cmd)[4:6] == ["--data-dir", "/lustre/c4/preprocessed_c4_spm"]
+    _, cmd = dryrun(RUN_AND_TIME, {**env, "DATADIR": "/lustre/c4/preprocessed_c4_spm"})  # the same: fine
+    assert entry_args(cmd)[4:6] == ["--data-dir", "/lustre/c4/preprocessed_c4_spm"]
+    assert "two dataset directories" in refused(tmp_path, BENCHMARK="gpt3", PREPROC_DATA="/lustre/c4")
+
+
+# ---------------------------------------------------------------------------------------------------
 # mpirun.sh: which MPI, which flags
 # ---------------------------------------------------------------------------------------------------
 
@@ -285,42 +456,155 @@ def test_mpirun_rejects_an_unknown_mpi_and_bad_usage(tmp_path):
 # Config files and the .sub wrappers
 # ---------------------------------------------------------------------------------------------------
 
-def source_config(config: Path, **env) -> dict:
-    keys = ["BENCHMARK", "FLAVOUR", "DGXSYSTEM", "DGXNNODES", "DGXNGPU", "WALLTIME", "WALLTIME_RUNANDTIME"]
-    script = f"source {shlex.quote(str(config))}; " + "; ".join(f'echo "{k}=${{{k}:-}}"' for k in keys)
-    r = run(["bash", "-c", script], clean_env(**env))
+def source_config(config: Path, cwd: Path = REPO, **env) -> dict:
+    """What sourcing the config file exports (what sbatch hands to run.sub): the variables it set or changed."""
+    base = clean_env(**env)
+    dump = f"{shlex.quote(sys.executable)} -c 'import json, os; print(json.dumps(dict(os.environ)))'"
+    r = run(["bash", "-c", f"source {shlex.quote(str(config))} && {dump}"], base, cwd=cwd)
     assert r.returncode == 0, r.stderr
-    return dict(line.split("=", 1) for line in r.stdout.splitlines())
+    exported = json.loads(r.stdout.splitlines()[-1])
+    return {k: v for k, v in exported.items()
+            if (k in env or base.get(k) != v) and k not in ("PWD", "OLDPWD", "SHLVL", "_")}
 
 
 def test_there_are_the_three_resnet_configs():
-    assert {c.name for c in CONFIGS} == {"config_DGXH100_01x08x408.sh", "config_DGXH100_08x08x51.sh",
-                                         "config_CPU_01x02x16.sh"}
+    assert {c.name for c in RESNET_CONFIGS} == {"config_DGXH100_01x08x408.sh", "config_DGXH100_08x08x51.sh",
+                                                "config_CPU_01x02x16.sh"}
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
+def test_every_benchmark_with_a_wrapper_has_configs():
+    assert {s.stem for s in SUBS} == {c.parent.name for c in CONFIGS}
+    assert {"resnet", "bert", "gpt3", "dlrm_dcnv2"} <= {s.stem for s in SUBS}
+
+
+def _shape(pattern: str, system: str) -> list[int]:
+    m = re.fullmatch(r"[A-Z0-9]+_" + pattern, system)
+    assert m, f"{system} does not follow the benchmark's name pattern {pattern}"
+    return [int(g) if g is not None else 1 for g in m.groups()]
+
+
+def _batch_per_gpu(system, cfg):
+    """resnet, dlrm_dcnv2: <N>x<G>x<localBS>."""
+    nodes, gpus, local = _shape(r"(\d+)x(\d+)x(\d+)", system)
+    assert nodes * gpus * local == cfg.train.global_batch_size
+    return nodes, gpus
+
+
+def _bert(system, cfg):
+    """<N>x<G>x<localBS>x<GA>[_pack] (the CPU config leaves GA out: 1)."""
+    nodes, gpus, local, accum = _shape(r"(\d+)x(\d+)x(\d+)(?:x(\d+))?(?:_pack)?", system)
+    assert accum == cfg.train.grad_accum
+    assert nodes * gpus * local * accum == cfg.train.global_batch_size
+    return nodes, gpus
+
+
+def _gpt3(system, cfg):
+    """<N>x<G>x<MINIBS>x<TP>x<PP>_mbs<MBS>[_cg], MINIBS = GBS / DP."""
+    nodes, gpus, minibs, tp, pp, mbs = _shape(r"(\d+)x(\d+)x(\d+)x(\d+)x(\d+)_mbs(\d+)(?:_cg)?", system)
+    assert (tp, pp, mbs) == (cfg.parallel.tp, cfg.parallel.pp, cfg.train.micro_batch_size)
+    dp = nodes * gpus // (tp * pp * cfg.parallel.cp)
+    assert minibs * dp == cfg.train.global_batch_size
+    return nodes, gpus
+
+
+# How each benchmark's config names spell its shape (shared/spec/launcher_conventions.md, section 2).
+NAME_RULES = {"resnet": _batch_per_gpu, "dlrm_dcnv2": _batch_per_gpu, "bert": _bert, "gpt3": _gpt3}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}-{c.stem}")
 def test_config_shape_matches_its_name_and_its_flavour(config):
-    from models.resnet.config import FLAVOURS
+    import importlib
 
+    from runtime.config import apply_overrides
+
+    benchmark = config.parent.name
+    assert benchmark in NAME_RULES, f"add the config name rule of {benchmark} to NAME_RULES"
     values = source_config(config)
     system = config.stem.removeprefix("config_")
-    nodes, gpus, local_batch = (int(x) for x in re.fullmatch(r".*_(\d+)x(\d+)x(\d+)", system).groups())
     assert values["DGXSYSTEM"] == system
-    assert values["BENCHMARK"] == "resnet"
+    assert values["BENCHMARK"] == benchmark
+    # The name's shape is a promise about the layout and batch of the flavour, as the overrides leave it.
+    flavours = importlib.import_module(f"models.{benchmark}.config").FLAVOURS
+    cfg = apply_overrides(flavours[values["FLAVOUR"]](), values.get("EXTRA_ARGS", "").split())
+    nodes, gpus = NAME_RULES[benchmark](system, cfg)
     assert (int(values["DGXNNODES"]), int(values["DGXNGPU"])) == (nodes, gpus)
-    # The name's shape is a promise about the batch: nodes x GPUs x local batch = the flavour's GBS.
-    cfg = FLAVOURS[values["FLAVOUR"]]()
-    assert nodes * gpus * local_batch == cfg.train.global_batch_size
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}-{c.stem}")
 def test_config_walltime_scales_with_nexp_and_respects_overrides(config):
-    one, five = source_config(config), source_config(config, NEXP=5)
-    per_run = int(one["WALLTIME_RUNANDTIME"])
-    margin = int(one["WALLTIME"]) - per_run
-    assert margin > 0 and int(five["WALLTIME"]) == 5 * per_run + margin
-    assert source_config(config, DGXNNODES=3, FLAVOUR="custom")["DGXNNODES"] == "3"
-    assert source_config(config, FLAVOUR="custom")["FLAVOUR"] == "custom"
+    # NEXP is exported with the value WALLTIME was computed for, so run.sub runs as many runs as the
+    # allocation has time for (GPT-3's configs default to NVIDIA's 3, the others to 1).
+    one = source_config(config)
+    nexp, per_run = int(one["NEXP"]), int(one["WALLTIME_RUNANDTIME"])
+    assert nexp == (3 if config.parent.name == "gpt3" and "_CPU_" not in config.name else 1)
+    margin = int(one["WALLTIME"]) - nexp * per_run
+    assert margin > 0 and margin == int(one["WALLTIME_MARGIN"])
+    five = source_config(config, NEXP=5)
+    assert five["NEXP"] == "5" and int(five["WALLTIME"]) == 5 * per_run + margin
+    assert int(source_config(config, WALLTIME_RUNANDTIME=7)["WALLTIME"]) == nexp * 7 + margin
+    assert int(source_config(config, WALLTIME_MARGIN=1)["WALLTIME"]) == nexp * per_run + 1
+    for var, value in (("DGXNNODES", "3"), ("FLAVOUR", "custom"), ("DGXNGPU", "4"), ("DGXSOCKETCORES", "3"),
+                       ("ENABLE_IB_BINDING", "0"), ("EXTRA_ARGS", "run.max_steps=1")):
+        assert source_config(config, **{var: value})[var] == value, var
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}-{c.stem}")
+def test_config_file_keeps_only_its_own_lines(config):
+    """The system block and the derivations live in launchers/systems/ and launchers/config_common.sh, sourced by
+    the config file's last line; the config file sets no variable of theirs."""
+    code = [line for line in config.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert code[-1] == 'source "$(dirname "${BASH_SOURCE[0]}")/../config_common.sh"'
+    shared = {"DGXSYSTEM", "WALLTIME", "DGXNGPU", "DGXSOCKETCORES", "DGXNSOCKET", "DGXHT", "NCCL_TEST"}
+    assigned = {m[1] for line in code[:-1] if (m := re.match(r"(?:export )?(\w+)=", line))}
+    assert not assigned & shared, assigned & shared
+    assert all(re.fullmatch(r"export (\w+)=\$\{\1:-[^}]*\}( +#.*)?", line) for line in code[:-1]), \
+        "every value is an overridable default: export VAR=${VAR:-default}"
+
+
+@pytest.mark.parametrize("system", sorted((LAUNCHERS / "systems").glob("*.sh")), ids=lambda s: s.stem)
+def test_every_system_block_sets_the_same_overridable_defaults(system):
+    values = source_config(system)
+    assert set(values) >= {"DGXNGPU", "DGXSOCKETCORES", "DGXNSOCKET", "DGXHT", "ENABLE_IB_BINDING", "WALLTIME_MARGIN"}
+    assert all(v.isdigit() for v in values.values()), values
+    assert source_config(system, DGXNGPU=4, WALLTIME_MARGIN=2) == {**values, "DGXNGPU": "4", "WALLTIME_MARGIN": "2"}
+    # Some config file runs on it (no block is dead).
+    assert any(c.stem.removeprefix("config_").split("_")[0] == system.stem for c in CONFIGS)
+
+
+def test_config_is_sourced_alone_from_any_cwd(tmp_path):
+    config = LAUNCHERS / "gpt3" / "config_DGXH100_64x8x144x4x8_mbs2.sh"
+    expect = {"DGXSYSTEM": "DGXH100_64x8x144x4x8_mbs2", "DGXNGPU": "8", "WALLTIME": str(3 * 90 + 15)}
+    for cwd, path in ((tmp_path, config), (config.parent, Path(config.name)), (LAUNCHERS, Path("gpt3") / config.name)):
+        values = source_config(path, cwd=cwd)
+        assert {k: values[k] for k in expect} == expect, (cwd, path)
+
+
+def test_dgxsystem_and_the_system_block_come_from_the_config_files_own_name(tmp_path):
+    # A config copied under a new name (NVIDIA's way to make a variant) into a copy of launchers/.
+    copy = tmp_path / "launchers"
+    shutil.copytree(LAUNCHERS / "systems", copy / "systems")
+    shutil.copy(LAUNCHERS / "config_common.sh", copy)
+    (copy / "dlrm_dcnv2").mkdir()
+    source = (LAUNCHERS / "dlrm_dcnv2" / "config_DGXH100_01x08x6912.sh").read_text()
+    (copy / "dlrm_dcnv2" / "config_DGXH200_02x08x3456.sh").write_text(source)
+    values = source_config(copy / "dlrm_dcnv2" / "config_DGXH200_02x08x3456.sh", DGXNNODES=2)
+    assert values["DGXSYSTEM"] == "DGXH200_02x08x3456" and values["DGXNGPU"] == "8"
+    # A system without a block under launchers/systems/ stops the sourcing shell with one clear line.
+    (copy / "dlrm_dcnv2" / "config_L40S_01x04x6912.sh").write_text(source)
+    r = run(["bash", "-c", f"source {copy}/dlrm_dcnv2/config_L40S_01x04x6912.sh || echo refused $?"], clean_env())
+    assert r.stdout.strip() == "refused 1" and "no system block" in r.stderr and "systems/L40S.sh" in r.stderr, r
+
+
+# ---------------------------------------------------------------------------------------------------
+# The <benchmark>.sub wrappers
+# ---------------------------------------------------------------------------------------------------
+
+def spool_copy_of(sub: Path, tmp_path: Path) -> Path:
+    """sbatch runs a copy of the script from slurmd's spool directory: emulate that by running a copy."""
+    copy = tmp_path / "spool" / "slurm_script"
+    copy.parent.mkdir(exist_ok=True)
+    shutil.copy(sub, copy)
+    return copy
 
 
 def test_resnet_sub_finds_the_repository_from_the_submit_dir(tmp_path):
@@ -336,23 +620,63 @@ def test_resnet_sub_finds_the_repository_from_the_submit_dir(tmp_path):
     assert r.returncode != 0 and "cannot find the repository" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("sub", SUBS, ids=lambda s: s.stem)
+def test_every_sub_finds_run_sub_the_same_way(sub, tmp_path):
+    spool_copy = spool_copy_of(sub, tmp_path)
+    # SLURM_JOB_ID: run.sub gets past its allocation guard to the config guard, which names the benchmark:
+    # so the wrapper found run.sub and exported its BENCHMARK.
+    reached = f"source launchers/{sub.stem}/config_<SYSTEM>_<shape>.sh before sbatch"
+    for where in ({"SLURM_SUBMIT_DIR": REPO}, {"SLURM_SUBMIT_DIR": LAUNCHERS}, {"MLPERF_REPO": REPO},
+                  {"MLPERF_REPO": REPO, "SLURM_SUBMIT_DIR": tmp_path}):
+        r = run(["bash", spool_copy], clean_env(SLURM_JOB_ID=1, **where), cwd=tmp_path)
+        assert r.returncode != 0 and reached in r.stderr, (where, r.stderr)
+        assert "launchers/.." not in r.stderr  # run.sub got the checkout's own path
+    # Submitted from the checkout without SLURM_SUBMIT_DIR (salloc, or bash by hand): the cwd.
+    r = run(["bash", spool_copy], clean_env(SLURM_JOB_ID=1), cwd=LAUNCHERS)
+    assert reached in r.stderr, r.stderr
+    # Nowhere near a checkout: one line that says what is missing, before run.sub.
+    for where in ({"SLURM_SUBMIT_DIR": tmp_path}, {"MLPERF_REPO": tmp_path / "nope", "SLURM_SUBMIT_DIR": REPO}):
+        r = run(["bash", spool_copy], clean_env(SLURM_JOB_ID=1, **where), cwd=tmp_path)
+        assert r.returncode == 1 and r.stderr.splitlines() == [
+            f"{sub.stem}.sub: cannot find the repository in {next(iter(where.values()))} or its parent; "
+            "set MLPERF_REPO"], r.stderr
+
+
+@pytest.mark.parametrize("sub", SUBS, ids=lambda s: s.stem)
+def test_every_sub_is_the_shared_wrapper_with_its_own_header(sub):
+    """Only the #SBATCH header, the usage comment and BENCHMARK differ between the wrappers."""
+    lines = sub.read_text().splitlines()
+    code = [line for line in lines if line.strip() and not line.startswith("#")]
+    reference = [line for line in RESNET_SUB.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert code == [line.replace("BENCHMARK=resnet", f"BENCHMARK={sub.stem}") for line in reference]
+    assert f"#SBATCH --job-name=mlperf-{sub.stem}" in lines
+    assert any(f"launchers/{sub.stem}/config_" in line and line.startswith("#") for line in lines)
+    assert any(f"sbatch -N $DGXNNODES -t $WALLTIME launchers/{sub.stem}.sub" in line for line in lines)
+    assert len(code) <= 5, code  # set, BENCHMARK, and three lines that find and run run.sub
+
+
 def test_run_sub_needs_a_config(tmp_path):
     env = clean_env(SLURM_JOB_ID=1, MLPERF_REPO=REPO, BENCHMARK="resnet")
     r = run(["bash", LAUNCHERS / "run.sub"], env)
     assert r.returncode != 0 and "source launchers/resnet/config_" in r.stderr
 
 
-def test_run_sub_with_cont_runs_every_step_in_one_pyxis_container_per_node(tmp_path):
-    """No pyxis here: a fake srun records each step (arguments and the environment the tasks would get)."""
+def fake_slurm(tmp_path: Path, *keep: str) -> tuple[Path, Path]:
+    """No pyxis here: a fake srun records each step (arguments and the variables `keep` of the environment the
+    tasks would get) in a JSON-lines file; a fake scontrol expands any node list to node001, node002."""
     tools, steps_file = tmp_path / "bin", tmp_path / "steps.jsonl"
     fake_tool(tools, "srun", f"""python3 - "$@" <<'EOF'
 import json, os, sys
-keep = ("DATADIR", "LOGDIR", "RUNDIR", "SEED", "MASTER_ADDR", "MASTER_PORT", "BENCHMARK", "FLAVOUR", "DGXSYSTEM",
-        "LOAD_CHECKPOINTS_PATH")
 with open("{steps_file}", "a") as f:
-    f.write(json.dumps({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keep}}}}) + "\\n")
+    f.write(json.dumps({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in {keep!r}}}}}) + "\\n")
 EOF""")
     fake_tool(tools, "scontrol", 'printf "node001\\nnode002\\n"')
+    return tools, steps_file
+
+
+def test_run_sub_with_cont_runs_every_step_in_one_pyxis_container_per_node(tmp_path):
+    tools, steps_file = fake_slurm(tmp_path, "DATADIR", "LOGDIR", "RUNDIR", "SEED", "MASTER_ADDR", "MASTER_PORT",
+                                   "BENCHMARK", "FLAVOUR", "DGXSYSTEM", "LOAD_CHECKPOINTS_PATH")
     env = clean_env(SLURM_JOB_ID=4711, SLURM_JOB_NUM_NODES=2, SLURM_JOB_NODELIST="node[001-002]",
                     SLURM_CLUSTER_NAME="eos", MLPERF_REPO=REPO, BENCHMARK="resnet", CONT="nvcr.io#mlperf/stack:1",
                     DATADIR=tmp_path / "imagenet", LOGDIR=tmp_path / "results", NEXP=2, SEED_BASE=10,
@@ -360,7 +684,7 @@ EOF""")
                     LOAD_CHECKPOINTS_PATH="/lustre/init/ckpt4000")
     (tmp_path / "imagenet").mkdir()
     # The 8-node config cut to the 2 nodes of the fake allocation.
-    env.update(source_config(LAUNCHERS / "resnet" / "config_DGXH100_08x08x51.sh", DGXNNODES=2))
+    env.update(source_config(LAUNCHERS / "resnet" / "config_DGXH100_08x08x51.sh", DGXNNODES=2, NEXP=2))
     env["PATH"] = f"{tools}:{env['PATH']}"
     r = run(["bash", LAUNCHERS / "run.sub"], env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -394,6 +718,31 @@ EOF""")
     assert drops[0] < argvs.index(training[0]["argv"]) and drops[1] < argvs.index(training[1]["argv"], drops[0] + 2)
     log = (tmp_path / "results" / "stamp_1.log").read_text()
     assert ":::DLPAL nvcr.io#mlperf/stack:1 4711 2 node[001-002] eos DGXH100_08x08x51" in log
+
+
+def test_run_sub_takes_nvidias_preproc_data_and_refuses_spm(tmp_path):
+    """NVIDIA's GPT-3 names the dataset PREPROC_DATA: mounted at /data as DATADIR would be, and not passed on (the
+    host path means nothing in the container). SPM is refused before any container exists."""
+    tools, steps_file = fake_slurm(tmp_path, "DATADIR", "PREPROC_DATA")
+    (tmp_path / "c4").mkdir()
+    env = clean_env(SLURM_JOB_ID=4712, SLURM_JOB_NUM_NODES=2, SLURM_JOB_NODELIST="node[001-002]", MLPERF_REPO=REPO,
+                    BENCHMARK="gpt3", CONT="nvcr.io#mlperf/stack:1", PREPROC_DATA=tmp_path / "c4",
+                    LOGDIR=tmp_path / "results", DATESTAMP="stamp", CHECK_COMPLIANCE=0)
+    env.update(source_config(LAUNCHERS / "gpt3" / "config_DGXH100_32x8x192x4x8_mbs2.sh", DGXNNODES=2, NEXP=1))
+    env["PATH"] = f"{tools}:{env['PATH']}"
+    r = run(["bash", LAUNCHERS / "run.sub"], env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    steps = [json.loads(line) for line in steps_file.read_text().splitlines()]
+    training = [s for s in steps if s["argv"][-1] == "/workspace/mlperf/launchers/run_and_time.sh"]
+    assert len(training) == 1 and training[0]["env"] == {"DATADIR": "/data", "PREPROC_DATA": None}
+    assert any(a.startswith(f"--container-mounts={tmp_path}/c4:/data,") for a in training[0]["argv"])
+
+    steps_file.unlink()
+    r = run(["bash", LAUNCHERS / "run.sub"], {**env, "SPM": "/lustre/spm.model"})
+    assert r.returncode == 2 and "run.sub: SPM=/lustre/spm.model is not used" in r.stderr
+    assert not steps_file.exists()
+    r = run(["bash", LAUNCHERS / "run.sub"], {**env, "DATADIR": tmp_path / "other"})
+    assert r.returncode == 2 and "run.sub: DATADIR and PREPROC_DATA differ" in r.stderr
 
 
 # ---------------------------------------------------------------------------------------------------

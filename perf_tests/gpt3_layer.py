@@ -1,7 +1,7 @@
 """Tokens/s and model TFLOP/s per GPU of a GPT-3 175B layer stack at real width, bf16 and FP8.
 
 One GPU, TP=1: `--layers` megatron-core TransformerLayers (TE spec when Transformer Engine imports,
-else the local spec, whose FP8 GEMMs are torch._scaled_mm's: models/gpt3/fp8_linear.py) at d_model
+else the local spec, whose FP8 GEMMs are torch._scaled_mm's: runtime/mcore/fp8_linear.py) at d_model
 12288, 96 heads, FFN 49152, sequence 2048, micro-batch `--mbs`; forward + backward per micro-batch, timed
 with CUDA events after `--warmup` iterations.
 Model FLOPs per layer per micro-batch (fwd + bwd, no recompute): 72 * b * s * h^2 * (1 + s / (6h))
@@ -35,7 +35,7 @@ def measure(precision: str, layers: int, mbs: int, iters: int, warmup: int) -> t
     from megatron.core.transformer.transformer_block import TransformerBlock
 
     from models.gpt3.config import dgxh100_64x8
-    from models.gpt3.fp8_linear import update_fp8_scales
+    from runtime.mcore.fp8_linear import update_fp8_scales
     from models.gpt3.model import layer_spec, te_available, transformer_config
 
     cfg = dgxh100_64x8()
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         print("gpt3_layer: needs a CUDA GPU (none here); nothing measured", file=sys.stderr)
         return 2
     from models.gpt3.model import te_available
-    from models.gpt3.parallelize import init_megatron
+    from runtime.mcore.parallelize import init_megatron
     from models.gpt3.plan import PEAK_TFLOPS
     from runtime.parallel import ParallelLayout
 

@@ -5,7 +5,7 @@ takes the rows of its tensor-parallel shard of every stacked [layers, rows, cols
 such array (fp32, uncompressed, one chunk per layer and TP=2 row half, as Megatron's zarr writer lays it out),
 then times reading the TP=4 shard of rank 1 (a region that cuts chunks in two) and a whole TP=2 shard (whole
 chunks), warm page cache, best of `--repeats`:
-  (a) ours: runtime/zarr_array.ZarrArray.read
+  (a) ours: runtime/mcore/zarr_array.ZarrArray.read
   (b) baseline: the zarr package (2.x), `zarr.open(path)[region]`
   (c) floor: numpy reading the same chunk files whole into one buffer (no slicing logic at all)
 Then the loader's concurrency: the TP=2 shard of each of `--arrays` smaller arrays, read by 1, 2 and 8
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from machine import cpu_name  # noqa: E402 (perf_tests/machine.py, beside this script)
-from runtime.zarr_array import ZarrArray, write_zarr  # noqa: E402
+from runtime.mcore.zarr_array import ZarrArray, write_zarr  # noqa: E402
 
 
 def best(fn, repeats: int) -> float:

@@ -33,6 +33,19 @@ MODELS_PACKAGE = "models"
 
 
 @dataclass(frozen=True)
+class Parity:
+    """How runs of the same mathematics under different layouts compare (the contract tests read it)."""
+
+    # Overrides under which one process computes what two data-parallel ranks compute at the same global
+    # batch (e.g. accumulating two micro-batches, so that BatchNorm sees the same groups of samples).
+    one_process: tuple[str, ...] = ()
+    # Overrides that remove randomness which differs between layouts or is not checkpointed (dropout).
+    deterministic: tuple[str, ...] = ()
+    # Relative tolerance between layouts: they differ only in float summation order.
+    rel: float = 1e-4
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     """Everything the runtime, the launchers and the contract tests need to know of one benchmark."""
 
@@ -50,6 +63,10 @@ class BenchmarkSpec:
     init_checkpoint: bool = False
     # megatron-core builds the process groups of its benchmarks itself and hands them to the layout.
     megatron: bool = False
+    parity: Parity = Parity()
+    # Compliance rules that the debug flavour's log cannot meet, each with the reason in the benchmark's
+    # config (e.g. GPT-3's closed sequence length and learning rates); every other rule must pass.
+    debug_log_exceptions: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.eval_unit not in UNITS:

@@ -1,11 +1,14 @@
-"""The one run loop every benchmark uses.
+"""The one run loop every benchmark uses: the timed part of a run, and resuming into it.
 
-    cache_clear, init_start, submission keys, seed, hyperparameters
-    build (untimed), warm-up on synthetic batches, resume
+runtime/train.py has already logged cache_clear, init_start, the submission keys, the seed and the
+benchmark's hyperparameters, built the benchmark and warmed it up (untimed). The loop then:
+
+    resumes from run.checkpoint_dir when it holds a checkpoint (try_resume)
     init_stop + run_start (barriers around both)
-    open the data, then per block: block_start, train steps, block_stop, eval, eval_accuracy
-    stop at the target (success), at the end of the budget, on a non-finite loss (aborted)
-    run_stop, RESULT line, plot and summary
+    opens the data, then per block: block_start, train steps, block_stop, eval, eval_accuracy
+    stops at the target (success), at the end of the budget or on a non-finite loss (aborted), or on
+    SIGTERM after saving a checkpoint
+    run_stop; train.py prints the RESULT line and writes the plot and summary
 
 Host syncs happen only at sync points (every `run.log_every_steps` steps and at block ends): that is where
 the loss is read for the progress line and the NaN check, and where ranks agree on a pending SIGTERM.

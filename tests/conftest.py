@@ -7,30 +7,81 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Every process a test starts imports this checkout's runtime/models, not whatever tree an editable install
+# of the venv points at (another clone, say).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(scope="session")
-def resnet_debug_data(tmp_path_factory) -> Path:
+def debug_data(tmp_path_factory):
+    """debug_data(benchmark) -> the synthetic dataset of its debug flavour, written once per session."""
     from runtime.synthesize import synthesize
 
-    out = tmp_path_factory.mktemp("resnet_debug_data")
-    synthesize("resnet", "debug", str(out))
-    return out
+    made: dict[str, Path] = {}
+
+    def get(benchmark: str) -> Path:
+        if benchmark not in made:
+            out = tmp_path_factory.mktemp(f"{benchmark}_debug_data")
+            synthesize(benchmark, "debug", str(out))
+            made[benchmark] = out
+        return made[benchmark]
+
+    return get
+
+
+@dataclass
+class DebugRun:
+    returncode: int
+    stdout: str
+    run_dir: Path
 
 
 @pytest.fixture(scope="session")
-def gpt3_debug_data(tmp_path_factory) -> Path:
+def debug_run(debug_data, tmp_path_factory):
+    """debug_run(benchmark) -> one run of its debug flavour to the target (one process), once per session:
+    the contract suite checks it, the benchmark's own tests read its log."""
+    done: dict[str, DebugRun] = {}
+
+    def get(benchmark: str) -> DebugRun:
+        if benchmark not in done:
+            run_dir = tmp_path_factory.mktemp(f"{benchmark}_debug_run")
+            r = subprocess.run(train_command(benchmark, debug_data(benchmark), run_dir), capture_output=True,
+                               text=True, cwd=REPO, timeout=1800)
+            done[benchmark] = DebugRun(r.returncode, r.stdout + r.stderr, run_dir)
+        return done[benchmark]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def resnet_debug_data(debug_data) -> Path:
+    return debug_data("resnet")
+
+
+@pytest.fixture(scope="session")
+def gpt3_debug_data(debug_data) -> Path:
     """The synthetic C4 files and the reference-layout initial checkpoint of GPT-3's debug flavour."""
-    from runtime.synthesize import synthesize
+    return debug_data("gpt3")
 
-    out = tmp_path_factory.mktemp("gpt3_debug_data")
-    synthesize("gpt3", "debug", str(out))
-    return out
+
+@pytest.fixture(scope="session")
+def bert_debug_data(debug_data) -> Path:
+    return debug_data("bert")
+
+
+@pytest.fixture(scope="session")
+def dlrm_debug_data(debug_data) -> Path:
+    return debug_data("dlrm_dcnv2")
+
+
+def read_events(log_path) -> list[dict]:
+    return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in open(log_path) if ":::MLLOG " in line]
 
 
 def free_port() -> int:

@@ -3,8 +3,8 @@ fractions."""
 
 from models.dlrm_dcnv2.benchmark import DLRMBenchmark, write_synthetic_data
 from models.dlrm_dcnv2.config import FLAVOURS
-from runtime.benchmark import BenchmarkSpec
+from runtime.benchmark import BenchmarkSpec, Parity
 
 SPEC = BenchmarkSpec(name="dlrm_dcnv2", flavours=FLAVOURS, benchmark=DLRMBenchmark,
                      write_synthetic_data=write_synthetic_data, metric="auroc", higher_is_better=True,
-                     eval_unit="epoch_fraction")
+                     eval_unit="epoch_fraction", parity=Parity(rel=1e-5))

@@ -45,7 +45,9 @@ class DataConfig(base.DataConfig):
     train_prefixes: tuple[str, ...] = ("c4_en_6_c4_spm_text_document", "c4_en_7_c4_spm_text_document")
     train_weights: tuple[float, ...] = (0.5, 0.5)
     valid_prefix: str = "c4_en_validation_subset_c4_spm_text_document"
-    index_cache_dir: str = ""  # where doc/sample/shuffle index arrays are cached; empty: <data dir>/index-cache
+    # Where doc/sample/shuffle index arrays are cached (never in the dataset, which may be read-only);
+    # empty: ~/.cache/mlperf-stack/gpt3_index.
+    index_cache_dir: str = ""
     # The initial checkpoint (Megatron zarr layout: models/gpt3/reference_checkpoint.py), absolute or
     # relative to --data-dir. Empty: random weights, which only a throughput run may use.
     init_checkpoint: str = ""
@@ -90,6 +92,12 @@ class GPT3Config(base.BenchmarkConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(target=2.69, log_every_steps=10, warmup_steps=2))
+
+
+# closed_gpt3.yaml (and open_gpt3.yaml alike) pin the real model's sequence length (2048) and learning rates
+# (2e-5/3e-5); a model that CPU cores train to the target in minutes can have neither, so these two rules,
+# and only these, fail on the debug flavour's log.
+DEBUG_LOG_EXCEPTIONS = frozenset({"max_sequence_length", "opt_base_learning_rate"})
 
 
 def closed_learning_rate(global_batch_size: int) -> float:

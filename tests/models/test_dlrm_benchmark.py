@@ -16,15 +16,6 @@ from runtime.loop import EXIT_NOT_CONVERGED
 STEPS = 11  # one eval (after step 10, the first 0.05 epoch) and a step past it
 
 
-@pytest.fixture(scope="module")
-def dlrm_debug_data(tmp_path_factory):
-    from runtime.synthesize import synthesize
-
-    out = tmp_path_factory.mktemp("dlrm_debug_data")
-    synthesize("dlrm_dcnv2", "debug", str(out))
-    return out
-
-
 def _losses(run_dir):
     return {m["step"]: m["loss"] for m in read_metrics(run_dir) if "loss" in m}
 
@@ -56,18 +47,13 @@ def test_two_sharded_ranks_match_one_rank_at_the_same_global_batch(dlrm_debug_da
 
 
 @pytest.mark.slow
-def test_debug_run_reaches_its_target_with_a_compliant_log(dlrm_debug_data, tmp_path):
-    r = subprocess.run(train_command("dlrm_dcnv2", dlrm_debug_data, tmp_path), capture_output=True, text=True,
-                       cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert re.search(r"^RESULT,dlrm_dcnv2,(\d+),([\d.]+),success,", r.stdout, re.M), r.stdout[-2000:]
-    evals = [m["eval"] for m in read_metrics(tmp_path) if "eval" in m]
-    assert evals[-1] >= 0.83 and all(e < 0.83 for e in evals[:-1])
-    log = tmp_path / "mlperf_log.txt"
-    ok, report = compliance(log)  # as written: the open division (synthetic validation set)
-    assert ok, report
-    # The closed rules on the same log: every DLRMv2 key and the 0.80275 quality target pass; the one
-    # failure is eval_samples, which closed_dlrm_dcnv2.yaml fixes at the real 89,137,319.
+def test_debug_log_fails_only_the_closed_eval_samples_rule(debug_run, tmp_path):
+    """The shared debug run's log claims the open division (tests/test_benchmark_contract.py passes it); under
+    the closed rules every DLRMv2 key and the 0.80275 target pass, and the one failure is eval_samples, which
+    closed_dlrm_dcnv2.yaml fixes at the real 89,137,319."""
+    run = debug_run("dlrm_dcnv2")
+    assert run.returncode == 0, run.stdout[-3000:]
+    log = run.run_dir / "mlperf_log.txt"
     closed = tmp_path / "closed_log.txt"
     closed.write_text(log.read_text().replace('"value": "open"', '"value": "closed"'))
     checker = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",

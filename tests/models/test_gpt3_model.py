@@ -83,23 +83,3 @@ def test_debug_flavour_is_the_same_model_smaller():
     cfg = debug()
     assert cfg.model.num_layers == 4 and cfg.model.seq_length == 64
     assert cfg.optim.beta2 == 0.95 and cfg.optim.clip_grad == 1.0 and cfg.optim.init_checkpoint_samples > 0
-
-
-@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[2] / "launchers" / "gpt3").glob("config_*.sh")),
-                         ids=lambda p: p.name)
-def test_launcher_config_shape_matches_its_name_and_flavour(config):
-    """config_<SYSTEM>_<nodes>x<gpus>x<GBS/DP>x<TP>x<PP>_mbs<MBS>.sh, after the config's own EXTRA_ARGS."""
-    from models.gpt3.config import FLAVOURS
-    from runtime.config import apply_overrides
-
-    script = f'source "{config}"; echo "$FLAVOUR|$DGXNNODES|$DGXNGPU|$DGXSYSTEM|$BENCHMARK|$EXTRA_ARGS"'
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
-                         env={"PATH": os.environ["PATH"]}).stdout.strip()
-    flavour, nodes, gpus, system, benchmark, extra = out.split("|")
-    assert benchmark == "gpt3" and system == config.stem.removeprefix("config_")
-    shape = [int(x) for x in re.search(r"_(\d+)x(\d+)x(\d+)x(\d+)x(\d+)_mbs(\d+)$", system).groups()]
-    cfg = apply_overrides(FLAVOURS[flavour](), extra.split())
-    world = int(nodes) * int(gpus)
-    tp, pp = cfg.parallel.tp, cfg.parallel.pp
-    assert shape[:2] == [int(nodes), int(gpus)] and shape[3:5] == [tp, pp]
-    assert shape[2] * (world // (tp * pp)) == cfg.train.global_batch_size and shape[5] == cfg.train.micro_batch_size

@@ -13,9 +13,14 @@ if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then NPROC="$1"; shift; fi
 
 cd "$REPO"
 source launchers/setup_venv.sh
-DATADIR="${DATADIR:-$REPO/data/${BENCHMARK}_debug}"
 RUNDIR="${RUNDIR:-$REPO/runs/${BENCHMARK}_debug_$(date +%Y%m%d_%H%M%S)}"
-python -m runtime.synthesize "$BENCHMARK" --flavour debug --out "$DATADIR"
+if [[ -n "${DATADIR:-}" ]]; then
+    # The user's own data: read, never written into (a synthetic set mixed into it would spoil both).
+    [[ -d "$DATADIR" ]] || { echo "debug.sh: DATADIR=$DATADIR is not a directory" >&2; exit 2; }
+else
+    DATADIR="$REPO/data/${BENCHMARK}_debug"
+    python -m runtime.synthesize "$BENCHMARK" --flavour debug --out "$DATADIR"
+fi
 
 if [[ "$NPROC" -gt 1 ]]; then
     launch=(torchrun --standalone --nproc_per_node="$NPROC")

@@ -10,6 +10,7 @@ renamed over the old one, so a job killed mid-write leaves the previous checkpoi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import tempfile
 import torch
 
 LATEST = "latest.pt"
+RUN_STATE = "run_state.json"  # beside the checkpoints: what a rerun of the same command must reuse
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: what Slurm and shells expect of a process ended by SIGTERM
 
 
@@ -49,6 +51,22 @@ def save_atomic(state: dict, path: str) -> None:
 
 def write_text_atomic(path: str, text: str) -> None:
     _replace_durably(lambda f: f.write(text.encode()), path, ".txt")
+
+
+def write_run_state(directory: str, seed: int) -> None:
+    write_text_atomic(os.path.join(directory, RUN_STATE), json.dumps({"seed": seed}) + "\n")
+
+
+def saved_seed(directory: str) -> int | None:
+    """The seed of the run whose checkpoints `directory` holds; None when it holds none."""
+    path = os.path.join(directory, RUN_STATE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return int(json.load(f)["seed"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a run state file ({e}); remove it to start a new run") from None
 
 
 def load(path: str, map_location="cpu") -> dict:

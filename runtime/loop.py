@@ -41,25 +41,30 @@ class LoopState:
     block_index: int = 0
     step_in_block: int = 0
     evals: list = field(default_factory=list)  # (samples trained, metric value)
+    attempt: int = 1  # 1 + the times this run was resumed
+    earlier_seconds: float = 0.0  # timed seconds of the earlier attempts, up to the checkpoint they left
 
     def state_dict(self) -> dict:
         return {"global_step": self.global_step, "block_index": self.block_index,
-                "step_in_block": self.step_in_block, "evals": [list(e) for e in self.evals]}
+                "step_in_block": self.step_in_block, "evals": [list(e) for e in self.evals],
+                "attempt": self.attempt, "earlier_seconds": self.earlier_seconds}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "LoopState":
         return cls(state["global_step"], state["block_index"], state["step_in_block"],
-                   [tuple(e) for e in state["evals"]])
+                   [tuple(e) for e in state["evals"]], state.get("attempt", 1), state.get("earlier_seconds", 0.0))
 
 
 @dataclass
 class RunResult:
     status: str  # "success" or "aborted"
     reason: str
-    seconds: float
+    seconds: float  # this attempt's timed seconds
     samples: int
     evals: list
     exit_code: int
+    attempts: int = 1
+    total_seconds: float = 0.0  # over all attempts (= seconds unless the run was resumed)
 
 
 def _barrier(ctx: RunContext) -> None:
@@ -76,9 +81,11 @@ def _any_rank(ctx: RunContext, flag: bool) -> bool:
 
 
 class RunLoop:
-    def __init__(self, bench: Benchmark, ctx: RunContext, run_cfg: RunConfig):
+    def __init__(self, bench: Benchmark, ctx: RunContext, run_cfg: RunConfig, on_run_start=None):
         self.bench, self.ctx, self.run_cfg = bench, ctx, run_cfg
+        self.on_run_start = on_run_start
         self.state = LoopState()
+        self.t_start = None
         self.preemption = checkpoint.PreemptionFlag()
         self.profiler = StepProfiler(run_cfg.profile_start_step, run_cfg.profile_stop_step)
 
@@ -99,32 +106,39 @@ class RunLoop:
         if common is None:
             return False
         self.state = LoopState.from_state_dict(common["loop"])
+        self.state.attempt += 1
         if self.ctx.is_main:
             print(f"resumed from {directory} at step {self.state.global_step}", flush=True)
         return True
 
     def save(self) -> None:
         if self.run_cfg.checkpoint_dir:
-            self.bench.save_checkpoint(self.run_cfg.checkpoint_dir, {"loop": self.state.state_dict(),
-                                                                     "seed": self.ctx.seed})
+            state = self.state.state_dict()
+            if self.t_start is not None:  # the timed seconds up to this checkpoint, over all attempts
+                state["earlier_seconds"] = self.state.earlier_seconds + time.time() - self.t_start
+            self.bench.save_checkpoint(self.run_cfg.checkpoint_dir, {"loop": state, "seed": self.ctx.seed})
+            if self.ctx.is_main:
+                checkpoint.write_run_state(self.run_cfg.checkpoint_dir, self.ctx.seed)
             _barrier(self.ctx)
 
     # -- the timed part --------------------------------------------------------------------------------
     def run(self) -> RunResult:
         bench, ctx, log = self.bench, self.ctx, self.ctx.log
+        blocks = bench.blocks()  # a bad schedule setting fails here, before the clock starts
         self.preemption.install()
         _barrier(ctx)
         log.end(constants.INIT_STOP)
         _barrier(ctx)
         log.start(constants.RUN_START)
-        t_start = time.time()
+        if self.on_run_start is not None:
+            self.on_run_start()
+        t_start = self.t_start = time.time()
         self.t_start_ms = now_ms()
 
         sizes = bench.open_data()
         if not ctx.spec.train_samples_at_stop:
             log.event(constants.TRAIN_SAMPLES, sizes["train_samples"])
         log.event(constants.EVAL_SAMPLES, sizes["eval_samples"])
-        blocks = bench.blocks()
         total_steps = sum(b.steps for b in blocks)
         status, reason, exit_code = constants.ABORTED, "budget exhausted before the target", EXIT_NOT_CONVERGED
 
@@ -223,4 +237,5 @@ class RunLoop:
             self.ctx.log.event(constants.TRAIN_SAMPLES, samples)
         self.ctx.log.end(constants.RUN_STOP, metadata={"status": status})
         seconds = time.time() - t_start
-        return RunResult(status, reason, seconds, samples, list(self.state.evals), exit_code)
+        return RunResult(status, reason, seconds, samples, list(self.state.evals), exit_code,
+                         attempts=self.state.attempt, total_seconds=self.state.earlier_seconds + seconds)

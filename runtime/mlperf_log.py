@@ -23,6 +23,7 @@ class MLPerfLogger:
     def __init__(self, path: str | None, enabled: bool, stdout: bool = True):
         self.enabled = enabled
         self.path = path
+        self.run_open = False  # between run_start and run_stop: a failure then must still log run_stop
         self._logger = None
         if not enabled:
             return
@@ -45,10 +46,12 @@ class MLPerfLogger:
     def start(self, key: str, value=None, metadata: dict | None = None) -> None:
         if self.enabled:
             self._logger.start(key=key, value=value, metadata=metadata)
+            self.run_open = self.run_open or key == constants.RUN_START
 
     def end(self, key: str, value=None, metadata: dict | None = None) -> None:
         if self.enabled:
             self._logger.end(key=key, value=value, metadata=metadata)
+            self.run_open = self.run_open and key != constants.RUN_STOP
 
     def close(self) -> None:
         if self._logger is not None:
@@ -58,6 +61,7 @@ class MLPerfLogger:
                 self._logger.logger.removeHandler(handler)
             self._logger = None
             self.enabled = False
+            self.run_open = False
 
     def log_submission(self, benchmark: str, *, org: str, platform: str, division: str, status: str) -> None:
         self.event(constants.SUBMISSION_BENCHMARK, benchmark)

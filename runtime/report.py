@@ -34,9 +34,12 @@ def write_plot(run_dir: str, benchmark: str, metric: str, evals: list[tuple[int,
     return path
 
 
-def summary_line(benchmark: str, seed: int, status: str, seconds: float, samples: int, evals: list) -> str:
+def summary_line(benchmark: str, seed: int, status: str, seconds: float, samples: int, evals: list,
+                 attempts: int = 1) -> str:
+    """`seconds`: the timed seconds of the whole run, over all attempts when it was resumed."""
     last = f"{evals[-1][1]:.4f}" if evals else "n/a"
     throughput = samples / seconds if seconds > 0 else 0.0
-    return (f"{benchmark} seed={seed} status={status} time_to_train={seconds:.1f}s "
-            f"({seconds / 60:.2f} min) samples={samples} throughput={throughput:.1f} samples/s "
-            f"evals={len(evals)} last_eval={last}")
+    timing = f"time_to_train={seconds:.1f}s ({seconds / 60:.2f} min)" if attempts == 1 else \
+        f"resumed attempts={attempts} timed_over_all_attempts={seconds:.1f}s (not an uninterrupted MLPerf time)"
+    return (f"{benchmark} seed={seed} status={status} {timing} samples={samples} "
+            f"throughput={throughput:.1f} samples/s evals={len(evals)} last_eval={last}")

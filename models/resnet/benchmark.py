@@ -42,7 +42,12 @@ class ResNetBenchmark(DataParallelBenchmark):
 
     def __init__(self, cfg: ResNetConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
-        t = cfg.train
+        t, d = cfg.train, cfg.data
+        if d.loader not in ("dali", "torch"):
+            raise ValueError(f"data.loader={d.loader!r}: expected 'dali' or 'torch'")
+        if not 0 <= t.eval_offset < t.eval_every_epochs:
+            raise ValueError(f"train.eval_offset={t.eval_offset} must be in [0, train.eval_every_epochs="
+                             f"{t.eval_every_epochs})")
         self.steps_per_epoch = cfg.data.train_samples // t.global_batch_size  # last partial batch dropped
         if self.steps_per_epoch < 1:
             raise ValueError(f"data.train_samples={cfg.data.train_samples} is smaller than one global batch")
@@ -130,13 +135,11 @@ class ResNetBenchmark(DataParallelBenchmark):
 
             common.update(num_threads=d.num_workers, device="gpu" if ctx.device.type == "cuda" else "cpu")
             train, evaluate = build_dali_train_loader, build_dali_eval_loader
-        elif d.loader == "torch":
+        else:
             from pipelines.imagenet.loader import build_eval_loader, build_train_loader
 
             common.update(num_workers=d.num_workers, device=ctx.device)
             train, evaluate = build_train_loader, build_eval_loader
-        else:
-            raise ValueError(f"data.loader={d.loader!r}: expected 'dali' or 'torch'")
         self.train_data = train(ctx.data_dir, global_batch_size=self.global_batch_size, seed=ctx.seed, **common)
         self.eval_data = evaluate(ctx.data_dir, batch_size=self.micro_batch, resize_size=d.eval_resize, **common)
         return self.check_sizes({"train_samples": self.train_data.num_samples,

@@ -676,7 +676,7 @@ EOF""")
 
 def test_run_sub_with_cont_runs_every_step_in_one_pyxis_container_per_node(tmp_path):
     tools, steps_file = fake_slurm(tmp_path, "DATADIR", "LOGDIR", "RUNDIR", "SEED", "MASTER_ADDR", "MASTER_PORT",
-                                   "BENCHMARK", "FLAVOUR", "DGXSYSTEM", "LOAD_CHECKPOINTS_PATH")
+                                   "BENCHMARK", "FLAVOUR", "DGXSYSTEM", "LOAD_CHECKPOINTS_PATH", "MLPERF_CACHE_CLEARED")
     env = clean_env(SLURM_JOB_ID=4711, SLURM_JOB_NUM_NODES=2, SLURM_JOB_NODELIST="node[001-002]",
                     SLURM_CLUSTER_NAME="eos", MLPERF_REPO=REPO, BENCHMARK="resnet", CONT="nvcr.io#mlperf/stack:1",
                     DATADIR=tmp_path / "imagenet", LOGDIR=tmp_path / "results", NEXP=2, SEED_BASE=10,
@@ -709,7 +709,7 @@ def test_run_sub_with_cont_runs_every_step_in_one_pyxis_container_per_node(tmp_p
         assert step["env"] == {"DATADIR": "/data", "LOGDIR": "/results", "RUNDIR": f"/results/stamp_{i}",
                                "SEED": str(9 + i), "MASTER_ADDR": "node001", "MASTER_PORT": "29500",
                                "BENCHMARK": "resnet", "FLAVOUR": "dgxh100_8x8", "DGXSYSTEM": "DGXH100_08x08x51",
-                               "LOAD_CHECKPOINTS_PATH": "/load_checkpoints"}
+                               "LOAD_CHECKPOINTS_PATH": "/load_checkpoints", "MLPERF_CACHE_CLEARED": "1"}
     # The cache drop runs on the host (no container), once per node, on the host's dataset path, before each run.
     drops = [i for i, a in enumerate(argvs) if any("dropcache.py" in x for x in a)]
     assert len(drops) == 2 and all(not any(x.startswith("--container") for x in argvs[i]) for i in drops)
@@ -718,6 +718,15 @@ def test_run_sub_with_cont_runs_every_step_in_one_pyxis_container_per_node(tmp_p
     assert drops[0] < argvs.index(training[0]["argv"]) and drops[1] < argvs.index(training[1]["argv"], drops[0] + 2)
     log = (tmp_path / "results" / "stamp_1.log").read_text()
     assert ":::DLPAL nvcr.io#mlperf/stack:1 4711 2 node[001-002] eos DGXH100_08x08x51" in log
+
+    # Without the drop, the run is told so: its log's cache_clear says false.
+    steps_file.unlink()
+    r = run(["bash", LAUNCHERS / "run.sub"], {**env, "CLEAR_CACHES": "0", "NEXP": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    steps = [json.loads(line) for line in steps_file.read_text().splitlines()]
+    assert not any("dropcache.py" in x for s in steps for x in s["argv"])
+    training = [s for s in steps if s["argv"][-1] == "/workspace/mlperf/launchers/run_and_time.sh"]
+    assert [s["env"]["MLPERF_CACHE_CLEARED"] for s in training] == ["0"]
 
 
 def test_run_sub_takes_nvidias_preproc_data_and_refuses_spm(tmp_path):
@@ -984,3 +993,19 @@ def test_sbatch_gpt3_sub_cpu_config(local_slurm, gpt3_debug_data, tmp_path):
     # The two closed rules a CPU-sized model cannot meet fail; nothing else does.
     _, report = compliance(log)
     assert set(re.findall(r"CHECK for '(\w+)' failed", report)) == {"max_sequence_length", "opt_base_learning_rate"}, report
+
+
+def test_debug_sh_never_writes_into_the_users_datadir(tmp_path):
+    """A DATADIR the user exported is read as it is: debug.sh synthesises only into its own data/ directory.
+    Here it holds no dataset, so the run fails reading it, and it stays as the user left it."""
+    data = tmp_path / "mine"
+    data.mkdir()
+    (data / "notes.txt").write_text("the user's\n")
+    env = {**os.environ, "DATADIR": str(data), "RUNDIR": str(tmp_path / "run")}
+    r = subprocess.run(["bash", str(LAUNCHERS / "debug.sh"), "resnet"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode != 0 and "no train shards" in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    assert sorted(p.name for p in data.iterdir()) == ["notes.txt"]
+    missing = subprocess.run(["bash", str(LAUNCHERS / "debug.sh"), "resnet"], capture_output=True, text=True,
+                             env={**env, "DATADIR": str(tmp_path / "absent")}, timeout=600)
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr

@@ -113,7 +113,8 @@ def debug() -> BertConfig:
                         start_warmup_step=0, training_steps=600)
     cfg.train = replace(cfg.train, global_batch_size=32, grad_accum=1, eval_every_samples=1600, precision="fp32",
                         compile=False, cpu_threads=1)
-    cfg.run = replace(cfg.run, target=0.75, log_every_steps=25, warmup_steps=1)
+    # Not the reference model, so its log claims the open division (it passes the closed rules too).
+    cfg.run = replace(cfg.run, target=0.75, log_every_steps=25, warmup_steps=1, submission_division="open")
     return cfg
 
 

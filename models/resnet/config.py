@@ -95,7 +95,8 @@ def debug() -> ResNetConfig:
     cfg.optim = replace(cfg.optim, base_lr=6.0, warmup_epochs=1.0, weight_decay=1e-4)
     cfg.train = replace(cfg.train, global_batch_size=32, epochs=12, max_epochs=16, eval_every_epochs=1,
                         eval_offset=0, precision="fp32", channels_last=True, compile=False)
-    cfg.run = replace(cfg.run, target=0.90, log_every_steps=24, warmup_steps=1)
+    # Not the reference model, so its log claims the open division (it passes the closed rules too).
+    cfg.run = replace(cfg.run, target=0.90, log_every_steps=24, warmup_steps=1, submission_division="open")
     return cfg
 
 

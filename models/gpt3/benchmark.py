@@ -249,8 +249,11 @@ class GPT3Benchmark(Benchmark):
         d, ctx = self.cfg.data, self.ctx
         cache = d.index_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "mlperf-stack", "gpt3_index")
         train = [IndexedDataset(os.path.join(ctx.data_dir, p)) for p in d.train_prefixes]
+        # The reference's loaded checkpoint carries its consumed-samples counter (4000 steps x 1536): training
+        # continues at that position of the blend, so the run visits the samples the reference would.
         self.train_data = BlendedSamples(train, d.train_weights, self.total_steps * self.global_batch_size,
-                                         self.seq_length, ctx.seed, cache)
+                                         self.seq_length, ctx.seed, cache,
+                                         consumed_samples=self.cfg.optim.init_checkpoint_samples)
         self.valid_data = ValidationSamples(IndexedDataset(os.path.join(ctx.data_dir, d.valid_prefix)),
                                             self.seq_length)
         if d.eval_tokens and self.valid_data.num_tokens != d.eval_tokens:

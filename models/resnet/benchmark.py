@@ -52,7 +52,9 @@ class ResNetBenchmark(DataParallelBenchmark):
         if self.steps_per_epoch < 1:
             raise ValueError(f"data.train_samples={cfg.data.train_samples} is smaller than one global batch")
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
-        self.total_steps = math.ceil(t.epochs * self.steps_per_epoch)
+        # poly_decay_steps = total - warmup + 1, as the reference computes (and an RCP states) it
+        self.total_steps = cfg.optim.decay_steps + self.warmup_steps - 1 if cfg.optim.decay_steps else \
+            math.ceil(t.epochs * self.steps_per_epoch)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
 
         self.model = parallelize(build_resnet(cfg.model), ctx.layout, ctx.device, channels_last=t.channels_last,

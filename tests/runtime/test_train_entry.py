@@ -97,3 +97,20 @@ def test_a_seed_that_contradicts_the_checkpoint_is_refused(resnet_debug_data, tm
     assert first.returncode == 3, first.stderr[-2000:]
     r = _train(resnet_debug_data, tmp_path / "b", "--seed", "6", *args, timeout=120)
     assert r.returncode == 2 and "holds a run with seed 5, this command asks for seed 6" in r.stderr
+
+
+def test_every_process_a_test_starts_imports_this_checkout(tmp_path):
+    """Started from elsewhere (a worker run by file path, from another cwd), a test's subprocess still imports
+    this checkout's models/ and runtime/, not a tree that the venv's editable install points at."""
+    import os
+    import sys
+
+    code = "import models, runtime, kernels, pipelines; print(models.__file__, runtime.__file__, kernels.__file__, " \
+           "pipelines.__file__)"
+    worker = tmp_path / "worker.py"
+    worker.write_text(code + "\n")
+    for cmd in ([sys.executable, "-c", code], [sys.executable, str(worker)]):
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd="/", env=dict(os.environ), timeout=120)
+        assert r.returncode == 0, r.stderr
+        for path in r.stdout.split():
+            assert path.startswith(str(REPO) + os.sep), (cmd, path)

@@ -190,6 +190,9 @@ def _run(args, timed: list) -> int:
     except Exception as e:
         if launch.world_size > 1:
             watchdog.report_and_exit(heartbeat, e, close_log if is_main else None)
+            # every peer is alive: the error is this rank's own, and its peers will name it as lost
+            print(f"[rank {launch.rank}] failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                  file=sys.stderr, flush=True)
         close_log()
         raise
     finally:

@@ -118,3 +118,15 @@ def compliance(log_path) -> tuple[bool, str]:
                         "--ruleset", "4.0.0", str(log_path)], capture_output=True, text=True, cwd=REPO)
     out = r.stdout + r.stderr
     return r.returncode == 0 and "SUCCESS" in out, out
+
+
+# Tests that train on a debug dataset (end-to-end runs) or submit to Slurm are the slow part of the suite:
+# marked here by the fixtures they use, so that `tests/run.sh -m "not slow"` is a quick inner loop.
+_END_TO_END_FIXTURES = {"debug_data", "debug_run", "resnet_debug_data", "gpt3_debug_data", "bert_debug_data",
+                        "dlrm_debug_data", "local_slurm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -69,10 +69,13 @@ def _adagrad_kernel(P, G, S, BLOCK_TENSOR, ACTIVE, first_block, clr, eps, weight
                     HAS_ACTIVE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     _, _, offs, mask = _blocks(first_block, BLOCK_TENSOR, ACTIVE, HAS_ACTIVE, BLOCK_SIZE)
     w = tl.load(P + offs, mask=mask).to(tl.float32)
-    g = tl.load(G + offs, mask=mask).to(tl.float32) + weight_decay * w
-    s = tl.load(S + offs, mask=mask) + g * g
+    # torch.optim.Adagrad's operations and rounding order: grad.add(w, alpha=wd) and
+    # sum.addcmul_(g, g) are fused multiply-adds in torch's kernels (CPU vectorized and CUDA), and the update
+    # is param.addcdiv_(g, std, value=-clr) = w + (-clr * g) / std
+    g = tl.fma(w, weight_decay, tl.load(G + offs, mask=mask).to(tl.float32))
+    s = tl.fma(g, g, tl.load(S + offs, mask=mask))
     tl.store(S + offs, s, mask=mask)
-    tl.store(P + offs, (w - clr * (g / (tl.sqrt_rn(s) + eps))).to(P.dtype.element_ty), mask=mask)
+    tl.store(P + offs, (w + (-clr * g) / (tl.sqrt_rn(s) + eps)).to(P.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -148,9 +151,10 @@ def adagrad_update(layout, w, g, s, active, first, count, *, clr, eps, weight_de
                                   HAS_ACTIVE=active is not None, BLOCK_SIZE=BLOCK)
         return
     w_, g_, s_ = _slices(first, count, w, g, s)
-    grad = g_.float() + weight_decay * w_.float()
-    new_s = s_ + grad * grad
-    _commit(layout, active, first, count, [(s_, new_s), (w_, w_.float() - clr * (grad / (new_s.sqrt() + eps)))])
+    # torch.optim.Adagrad's own operations, so that this path agrees with it bit for bit
+    grad = g_.float().add(w_.float(), alpha=weight_decay) if weight_decay != 0 else g_.float()
+    new_s = torch.addcmul(s_, grad, grad)
+    _commit(layout, active, first, count, [(s_, new_s), (w_, w_.float() + (-clr * grad) / (new_s.sqrt() + eps))])
 
 
 def lamb_moments(layout, w, g, m, v, u, partial, active, clip, first, count, *, beta1, beta2, eps,

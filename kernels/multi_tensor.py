@@ -10,7 +10,10 @@ buffer and stay zero under every update rule here.
 `FlatOptimizer` is the base of the fused optimizers (optimizers.py): it moves the parameters into the
 flat buffers (each parameter becomes a view, in its own memory format), keeps `.grad` pointing into the
 flat gradient buffer, creates per-parameter state entries as views of flat fp32 states, and keeps
-torch's state-dict format.
+torch's state-dict format. A parameter that is itself a view of other memory (torchrec's
+TableBatchedEmbeddingSlice: a data-parallel table is a slice of its batched embedding kernel's weights,
+which the forward reads) cannot move without forking from that memory: it stays where it is ("pinned"),
+and each step copies it and its gradient into the flat buffers and the updated values back.
 
 `segment_sumsq` gives per-tensor sums of squares of several flat buffers in two deterministic passes
 (no atomics, so a step is bit-reproducible): one program per block writes a partial sum, then one program
@@ -150,6 +153,13 @@ def segment_sumsq(layout: FlatLayout, a: torch.Tensor, b: torch.Tensor | None = 
     return segment_sum(layout, block_sumsq(a, b))
 
 
+def _owns_its_memory(p: torch.Tensor) -> bool:
+    """False for a view of another tensor or a tensor sharing a larger storage: moving such a parameter
+    into a flat buffer would silently detach it from the memory its module reads."""
+    return (p._base is None and p.storage_offset() == 0
+            and p.untyped_storage().nbytes() <= p.numel() * p.element_size())
+
+
 class _Flat:
     """The parameters of one (device, dtype), in param-group order, and their flat buffers."""
 
@@ -159,9 +169,11 @@ class _Flat:
                                  [dense_strides(p) for p in params])
         self.param = self.layout.zeros(params[0].dtype)
         self.param_views = self.layout.views(self.param)
-        for p, view in zip(params, self.param_views):
+        self.pinned = [not _owns_its_memory(p) for p in params]
+        for p, view, pinned in zip(params, self.param_views, self.pinned):
             view.copy_(p.detach())
-            p.data = view
+            if not pinned:
+                p.data = view
         self.grad = self.layout.zeros(params[0].dtype)
         self.grad_views = self.layout.views(self.grad)
         self.grad_dirty = [True] * len(params)
@@ -174,7 +186,9 @@ class _Flat:
         gradient exists), and their device copy when some are off."""
         flags = []
         for i, (p, pview, gview) in enumerate(zip(self.params, self.param_views, self.grad_views)):
-            if p.data_ptr() != pview.data_ptr():  # p.data was replaced (model.to, load with assign=True)
+            if self.pinned[i]:
+                pview.copy_(p.detach())  # the parameter's own memory is the master copy
+            elif p.data_ptr() != pview.data_ptr():  # p.data was replaced (model.to, load with assign=True)
                 pview.copy_(p.detach())
                 p.data = pview
             grad = p.grad
@@ -186,7 +200,8 @@ class _Flat:
                 continue
             if grad.data_ptr() != gview.data_ptr():
                 gview.copy_(grad)
-                p.grad = gview
+                if not self.pinned[i]:
+                    p.grad = gview
             self.grad_dirty[i] = True
             flags.append(True)
         if all(flags):
@@ -195,6 +210,12 @@ class _Flat:
         if self._active_cache is None or self._active_cache[0] != key:
             self._active_cache = (key, torch.tensor(flags, dtype=torch.int8).to(self.layout.device))
         return flags, self._active_cache[1]
+
+    def write_back(self, flags: list[bool]) -> None:
+        """The updated values of pinned parameters back into their own memory."""
+        for p, pview, pinned, active in zip(self.params, self.param_views, self.pinned, flags):
+            if pinned and active:
+                p.detach().copy_(pview)
 
     def state(self, name: str, fill: float = 0.0) -> torch.Tensor:
         if name not in self.states:
@@ -277,6 +298,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             if any(flags):
                 self._register_state(flat, flags)
                 self._step_flat(flat, active)
+                flat.write_back(flags)
         return loss
 
     def _prepare(self, synced) -> None:

@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# Triton kernels run under Triton's interpreter off a GPU; it reads TRITON_INTERPRET when a kernel module is
+# first imported, so it is set before any test module can import kernels/ (tests/kernels/kernel_numerics.py
+# checks it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # Every process a test starts imports this checkout's runtime/models, not whatever tree an editable install
 # of the venv points at (another clone, say).
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)

@@ -42,6 +42,25 @@ def write_synthetic_data(cfg: DLRMConfig, out_dir: str) -> None:
           f"(the most any model can reach; target {cfg.run.target})")
 
 
+def dense_optimizer(params, o) -> torch.optim.Optimizer:
+    """Adagrad over the MLPs and every other parameter outside the tables' fused in-backward Adagrad (on
+    several ranks also the tables torchrec's planner makes data parallel, whose weights are slices of their
+    batched embedding kernel's buffer: the optimizer updates those in place, kernels/multi_tensor.py). It is
+    the fused flat-buffer Adagrad of kernels/optimizers.py: one Triton launch per step on a GPU; on CPU
+    torch's own operations, bit for bit torch.optim.Adagrad. It implements every Adagrad hyperparameter the
+    config has (lr, lr_decay, weight_decay, eps, initial_accumulator_value); the closed rules fix all but
+    lr (OptimConfig.check). Its step count is per param group (`param_groups[i]["step"]`), its accumulators
+    ("sum") exist from construction, as torch's."""
+    from kernels.optimizers import FusedAdagrad
+
+    if o.base_lr < 0 or o.eps < 0 or o.lr_decay < 0 or o.weight_decay < 0 or o.initial_accumulator_value < 0:
+        raise ValueError(f"dense Adagrad: lr={o.base_lr}, eps={o.eps}, lr_decay={o.lr_decay}, "
+                         f"weight_decay={o.weight_decay}, initial_accumulator_value={o.initial_accumulator_value}: "
+                         "each must be >= 0 (as torch.optim.Adagrad requires)")
+    return FusedAdagrad(params, lr=o.base_lr, lr_decay=o.lr_decay, weight_decay=o.weight_decay, eps=o.eps,
+                        initial_accumulator_value=o.initial_accumulator_value)
+
+
 class DLRMBenchmark(Benchmark):
     def __init__(self, cfg: DLRMConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
@@ -68,9 +87,7 @@ class DLRMBenchmark(Benchmark):
         from torchrec.optim.optimizers import in_backward_optimizer_filter
 
         dense = [p for _, p in in_backward_optimizer_filter(self.model.named_parameters())]
-        self.dense_optimizer = torch.optim.Adagrad(dense, lr=o.base_lr, lr_decay=o.lr_decay,
-                                                   weight_decay=o.weight_decay, eps=o.eps,
-                                                   initial_accumulator_value=o.initial_accumulator_value)
+        self.dense_optimizer = dense_optimizer(dense, o)
         self.train_reader = self.eval_reader = None
         self._train_iter, self._next_step = None, -1
         self._eval_cache: list | None = None

@@ -140,17 +140,23 @@ def set_learning_rate(model: nn.Module, dense_optimizer: torch.optim.Optimizer, 
 
 
 def reset_optimizer_state(model: nn.Module, dense_optimizer: torch.optim.Optimizer) -> None:
-    """Adagrad accumulators back to the initial value (0) and step counts to 0."""
+    """Adagrad accumulators back to the initial value (0) and step counts to 0. The step count is a
+    per-parameter state tensor in torch.optim.Adagrad and a per-group number in kernels' FusedAdagrad (the
+    dense optimizer), whose accumulators are views of one flat buffer, filled in place."""
     optimizers = [dense_optimizer]
     fused = getattr(model, "fused_optimizer", None)
     if fused is None:
         optimizers += [o for p in unwrap(model).embeddings.parameters() for o in p._in_backward_optimizers]
     with torch.no_grad():
         for opt in optimizers:
-            for state in opt.state.values():
-                for key, value in state.items():
-                    if torch.is_tensor(value):
-                        value.zero_()
+            for group in opt.param_groups:
+                initial = group.get("initial_accumulator_value", 0.0)
+                if "step" in group:
+                    group["step"] = 0
+                for p in group["params"]:
+                    for key, value in opt.state.get(p, {}).items():
+                        if torch.is_tensor(value):
+                            value.fill_(initial if key == "sum" else 0)
         if fused is not None:
             for state in fused.state.values():
                 for value in state.values():

@@ -7,7 +7,10 @@ The spec is Transformer Engine's when it imports (fused LayerNorm+GEMM, FP8, seq
 megatron-core's local spec (with FP8 layer GEMMs through torch._scaled_mm for precision "fp8":
 runtime/mcore/fp8_linear.py) and our `kernels.layer_norm.FusedLayerNorm` in place of its torch LayerNorm
 wrapper (that wrapper refuses sequence parallel; ours marks its parameters so megatron all-reduces their
-gradients over the TP group, which is what sequence parallel needs of a norm).
+gradients over the TP group, which is what sequence parallel needs of a norm). The local spec's
+bias-dropout-adds are `kernels.bias_dropout_add` (`bias_dropout_add_builder`), and without TE the language-model
+loss is `kernels.cross_entropy_parallel`'s vocab-parallel cross-entropy (`KernelGPTModel`); both run their
+Triton kernels on CUDA and their torch references elsewhere (MLPERF_KERNELS, kernels/dispatch.py).
 
 GPT-3 175B: 96 layers, d_model 12288, 96 heads, FFN 4x, sequence 2048, learned absolute positions,
 pre-LN (eps 1e-5), GeLU, dropout 0, init std 0.006 without the 1/sqrt(2L) output-layer scaling, no
@@ -25,6 +28,8 @@ from megatron.core.transformer.transformer_block import (TransformerBlock, Trans
                                                          get_num_layers_to_build)
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from kernels.bias_dropout_add import bias_dropout_add
+from kernels.cross_entropy_parallel import vocab_parallel_cross_entropy
 from kernels.layer_norm import FusedLayerNorm
 from models.gpt3.config import ModelConfig, TrainConfig
 
@@ -53,12 +58,51 @@ class MegatronFusedLayerNorm(FusedLayerNorm):
         return super().forward(x)
 
 
+def bias_dropout_add_builder(training: bool, fused: bool):
+    """megatron's `get_bias_dropout_add(training, fused)` contract, on kernels.bias_dropout_add: returns
+    `f((x, bias), residual, prob) -> residual + dropout(x + bias, prob)` (bias may be None; no dropout
+    unless training; the residual cast to x's dtype first, as megatron does). `fused` is megatron's
+    bias_dropout_fusion switch: the kernel is the fused form whatever it says."""
+
+    def _bias_dropout_add(x_with_bias, residual: torch.Tensor, prob: float) -> torch.Tensor:
+        x, bias = x_with_bias
+        if residual.dtype != x.dtype:
+            residual = residual.to(x.dtype)
+        return bias_dropout_add(x, bias, residual, prob, training=training)
+
+    return _bias_dropout_add
+
+
+class KernelGPTModel(GPTModel):
+    """GPTModel whose language-model loss is kernels.cross_entropy_parallel's vocab-parallel cross-entropy
+    over the TP group, in place of megatron's tensor_parallel.vocab_parallel_cross_entropy: the same
+    per-token fp32 loss (labels [b, s] and logits [s, b, V/tp] in, loss [b, s] out) from one pass over each
+    rank's shard and two small all-reduces of per-row statistics; the gradient, made in the forward, is kept
+    in the logits' dtype where megatron keeps an fp32 softmax. Megatron's own fused paths
+    (config.cross_entropy_loss_fusion) are left as they are."""
+
+    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.config.cross_entropy_loss_fusion:
+            return super().compute_language_model_loss(labels, logits)
+        group = self.tp_group
+        tp_size, tp_rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+        shard = logits.shape[-1]
+        # Every label in [0, vocab) counts, as in megatron (the benchmark clamps its padding labels to 0 and
+        # masks them with loss_mask). A label outside the vocabulary would give the log-sum-exp here and
+        # megatron's log-sum-exp minus the row max (the kernel's ignore_index -100 gives 0): no label is.
+        loss = vocab_parallel_cross_entropy(logits, labels.transpose(0, 1).contiguous(), tp_rank * shard,
+                                            tp_size * shard, group, reduction="none")
+        return loss.transpose(0, 1).contiguous()
+
+
 def layer_spec(model_cfg: ModelConfig, use_te: bool):
     if use_te:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec()
+    spec.submodules.self_attn_bda = bias_dropout_add_builder
+    spec.submodules.mlp_bda = bias_dropout_add_builder
     if model_cfg.fused_norm:
         spec.submodules.input_layernorm = MegatronFusedLayerNorm
         spec.submodules.pre_mlp_layernorm = MegatronFusedLayerNorm
@@ -146,11 +190,12 @@ def build_model_chunks(m: ModelConfig, config: TransformerConfig, *, pp_rank: in
         first = pp_rank == 0 and vp_stage == 0
         last = pp_rank == pp - 1 and vp_stage == vpp - 1
         spec = block_spec(m, config, use_te, vp_stage if vpp > 1 else None, pp_rank)
-        model = GPTModel(config=config, transformer_layer_spec=spec,
-                         vocab_size=m.padded_vocab_size(config.tensor_model_parallel_size),
-                         max_sequence_length=m.seq_length, pre_process=first, post_process=last,
-                         share_embeddings_and_output_weights=m.share_embeddings_and_output_weights,
-                         position_embedding_type="learned_absolute", parallel_output=True,
-                         vp_stage=vp_stage if vpp > 1 else None)
+        model_cls = GPTModel if use_te else KernelGPTModel  # TE's path as megatron builds it
+        model = model_cls(config=config, transformer_layer_spec=spec,
+                          vocab_size=m.padded_vocab_size(config.tensor_model_parallel_size),
+                          max_sequence_length=m.seq_length, pre_process=first, post_process=last,
+                          share_embeddings_and_output_weights=m.share_embeddings_and_output_weights,
+                          position_embedding_type="learned_absolute", parallel_output=True,
+                          vp_stage=vp_stage if vpp > 1 else None)
         chunks.append(model)
     return chunks

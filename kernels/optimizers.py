@@ -17,10 +17,15 @@ checkpoints move between the two). The update math and the reference path are in
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
+import numpy as np
 import torch
 
 from kernels import _optim_kernels as K
-from kernels.multi_tensor import FlatOptimizer, segment_sum, segment_sumsq
+from kernels.lamb_ref import check_segments
+from kernels.multi_tensor import BLOCK, FlatOptimizer, segment_sum, segment_sumsq
 from kernels.shared_lr import SharedLearningRate, check_lars_hyperparameters
 
 
@@ -110,6 +115,10 @@ class FusedAdagrad(FlatOptimizer):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
                                       initial_accumulator_value=initial_accumulator_value, step=0))
         self.state_fill = initial_accumulator_value
+        # As torch.optim.Adagrad, every accumulator exists from construction: state_dict() has the same
+        # entries before and after the first step (a warm-up that resets the state leaves it as it was).
+        for flat in self._flats:
+            self._register_state(flat, [True] * len(flat.params))
 
     def _prepare(self, synced):
         for group in self.param_groups:
@@ -124,20 +133,105 @@ class FusedAdagrad(FlatOptimizer):
 
 
 class FusedLAMB(FlatOptimizer):
-    """LAMB as the MLPerf BERT reference: gradients clipped to global norm `max_grad_norm` (scaled by
-    max_norm / max(norm, max_norm)), Adam moments with bias correction, u = m^ / (sqrt(v^) + eps) + wd * w,
-    trust ratio |w| / |u| (1 where either is 0, and for groups without layer adaptation, which by default
-    are those with weight_decay 0: LayerNorm and bias), w -= lr * ratio * u. Build the two groups with
-    `lamb_param_groups` in lamb_ref.py. The reference is lamb_ref.LambReference."""
+    """LAMB as the MLPerf BERT reference (lamb_ref.LambReference, which FusedLAMB is tested against):
+    gradients clipped to global norm `max_grad_norm` (scaled by max_norm / max(norm, max_norm)), Adam
+    moments with bias correction, u = m^ / (sqrt(v^) + eps) + wd * w, trust ratio |w| / |u| (1 where either
+    is 0, and for groups without layer adaptation, which by default are those with weight_decay 0:
+    LayerNorm and bias), w -= lr * ratio * u. Build the two groups with `lamb_param_groups` in lamb_ref.py.
+
+    The trust ratio is per variable of the reference, as TF's LAMB takes it: per parameter, or per part
+    where a parameter concatenates several variables along dim 0 (BERT's fused [q; k; v] projection holds
+    the reference's query, key and value). A group's `segments` entry gives the parts: per parameter None
+    or the dim-0 sizes (lamb_param_groups fills it from the model's `fused_parameter_splits()`). The parts
+    are fixed at construction, as the flat layout is; a state dict loaded later does not change them.
+
+    How the parts get their own norms and ratios over the flat buffers: each part is a "unit", a
+    contiguous range of a tensor's elements (dim 0 is outermost in every layout the flat buffers keep).
+    A block lying inside one unit adds its partial sums to that unit (segment_sum over a block -> unit
+    table) and takes that unit's ratio in the update kernel; a block shared by several units (a part
+    boundary that is not a multiple of BLOCK elements; none in BERT-large, whose parts are multiples of
+    1024) is left out of both and done elementwise in torch. Without parts, units are the tensors."""
 
     state_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.01, max_grad_norm: float = 1.0, layer_adaptation: bool | None = None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      layer_adaptation=layer_adaptation, step=0))
+                                      layer_adaptation=layer_adaptation, step=0, segments=None))
         self.max_grad_norm = max_grad_norm
         self._clip = None
+        self._segments = [copy.deepcopy(group["segments"]) for group in self.param_groups]
+        parts = {id(p): sizes for group in self.param_groups
+                 for p, sizes in zip(group["params"], check_segments(group)) if sizes is not None and len(sizes) > 1}
+        self._units = {id(flat): self._build_units(flat, parts) for flat in self._flats}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group, segments in zip(self.param_groups, self._segments):  # the parts stay the constructed ones
+            group["segments"] = copy.deepcopy(segments)
+
+    @staticmethod
+    def _build_units(flat, parts: dict) -> SimpleNamespace | None:
+        """The trust-ratio units of one flat bucket (None when they are its tensors): a layout whose
+        "tensors" are the units (block_tensor: the unit of each block inside one unit, else the extra
+        unit U that no ratio is taken for), and the elements of the shared blocks."""
+        layout = flat.layout
+        if not any(id(p) in parts for p in flat.params):
+            return None
+        starts, sizes, unit_tensor, first_unit = [], [], [], []
+        for i, p in enumerate(flat.params):
+            first_unit.append(len(starts))
+            numel, offset = layout.numels[i], layout.offsets[i]
+            split = parts.get(id(p))
+            row = numel // p.shape[0] if split and p.shape[0] else numel
+            if split and p.shape[0] > 1 and layout.strides[i][0] != row:
+                raise ValueError(f"segments of a parameter of shape {tuple(p.shape)} and strides "
+                                 f"{layout.strides[i]}: dim 0 is not outermost")
+            for rows in (split or (1,)):
+                starts.append(offset)
+                sizes.append(rows * row if split else numel)
+                unit_tensor.append(i)
+                offset += sizes[-1]
+        first_unit.append(len(starts))
+        U = len(starts)
+        start = np.asarray(starts, dtype=np.int64)
+        block_start = np.arange(layout.num_blocks, dtype=np.int64) * BLOCK
+        # Unit of a block's first and last element (a tensor's padding counts as its last unit's).
+        head = np.searchsorted(start, block_start, side="right") - 1
+        tail = np.searchsorted(start, block_start + BLOCK - 1, side="right") - 1
+        whole = head == tail
+        block_unit = np.where(whole, head, U)
+        count = np.bincount(head[whole], minlength=U)
+        first_block = np.zeros(U, dtype=np.int64)
+        whole_blocks = np.flatnonzero(whole)
+        has = np.flatnonzero(count)
+        first_block[has] = whole_blocks[np.searchsorted(head[whole], has)]
+        device = layout.device
+
+        def on_device(values, dtype):
+            return torch.as_tensor(np.asarray(values), dtype=dtype).to(device)
+
+        units = copy.copy(layout)
+        units.shapes = [torch.Size([n]) for n in sizes] + [torch.Size([0])]
+        units.numels = sizes + [0]
+        units.offsets = starts + [0]
+        units.strides = [(1,)] * (U + 1)
+        units.block_tensor = on_device(block_unit, torch.int32)
+        units.first_block = on_device(np.append(first_block, 0), torch.int32)
+        units.block_count = on_device(np.append(count, 0), torch.int32)
+        units.group_tensors = [(first_unit[t0], first_unit[t0 + n] - first_unit[t0])
+                               for t0, n in layout.group_tensors]
+        shared = np.flatnonzero(~whole)
+        elements = (shared[:, None] * BLOCK + np.arange(BLOCK)).reshape(-1)
+        element_unit = np.searchsorted(start, elements, side="right") - 1
+        return SimpleNamespace(
+            layout=units, first_unit=first_unit, unit_tensor=on_device(unit_tensor, torch.long),
+            elements=on_device(elements, torch.long) if len(elements) else None,
+            element_unit=on_device(element_unit, torch.long),
+            element_tensor=on_device(np.asarray(unit_tensor, dtype=np.int64)[element_unit], torch.long),
+            # the update kernel must leave the shared blocks (unit U) alone: off in its active flags
+            all_active=on_device([1] * U + [0], torch.int8) if len(elements) else None,
+            off=torch.zeros(1, dtype=torch.int8, device=device))
 
     def _prepare(self, synced):
         norm = self._global_grad_norm(synced)
@@ -157,14 +251,49 @@ class FusedLAMB(FlatOptimizer):
             K.lamb_moments(layout, flat.param, flat.grad, m, v, u, partial, active, clip, first, count,
                            beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                            bc1=1.0 - beta1 ** step, bc2=1.0 - beta2 ** step)
-        norms = segment_sum(layout, partial).sqrt()
+        units = self._units[id(flat)]
+        shared = None
+        if units is None:  # the units are the tensors
+            unit_layout, unit_active = layout, active
+            ranges = [(t0, tn) for *_, t0, tn in groups]
+            sums = segment_sum(layout, partial)
+        else:
+            unit_layout = units.layout
+            first_unit = units.first_unit
+            ranges = [(first_unit[t0], first_unit[t0 + tn] - first_unit[t0]) for *_, t0, tn in groups]
+            sums = segment_sum(unit_layout, partial)
+            if active is None:
+                unit_active = units.all_active
+            else:
+                unit_active = active[units.unit_tensor]
+                if units.elements is not None:
+                    unit_active = torch.cat([unit_active, units.off])
+            if units.elements is not None:
+                # The shared blocks, elementwise: an inactive tensor's elements count 0 (as in the kernel;
+                # its u buffer is not rewritten), and keep their values.
+                w_shared, u_shared = flat.param[units.elements].float(), u[units.elements]
+                squares = torch.stack([w_shared * w_shared, u_shared * u_shared])
+                keep = None if active is None else active[units.element_tensor].bool()
+                if keep is not None:
+                    squares = torch.where(keep, squares, 0.0)
+                sums.index_add_(1, units.element_unit, squares)
+                shared = (w_shared, u_shared, keep)
+        norms = sums.sqrt()
         pieces = []
-        for group, _, _, t0, tn in groups:
-            w_norm, u_norm = norms[0, t0:t0 + tn], norms[1, t0:t0 + tn]
+        for (group, *_), (u0, un) in zip(groups, ranges):
+            w_norm, u_norm = norms[0, u0:u0 + un], norms[1, u0:u0 + un]
             adapt = group["layer_adaptation"]
             adapt = group["weight_decay"] != 0 if adapt is None else adapt
             ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
             pieces.append(group["lr"] * (ratio if adapt else torch.ones_like(ratio)))
+        if units is not None:
+            pieces.append(torch.zeros(1, device=layout.device))  # the shared blocks' unit U
         scale = torch.cat(pieces).float()
         for group, first, count, _, _ in groups:
-            K.scaled_sub(layout, flat.param, u, scale, active, first, count)
+            K.scaled_sub(unit_layout, flat.param, u, scale, unit_active, first, count)
+        if shared is not None:
+            w_shared, u_shared, keep = shared
+            new = w_shared - scale[units.element_unit] * u_shared
+            if keep is not None:
+                new = torch.where(keep, new, w_shared)
+            flat.param[units.elements] = new.to(flat.param.dtype)

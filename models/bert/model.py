@@ -14,6 +14,9 @@ The projections come from kernels.fp8.make_linear (te.Linear with Transformer En
 nn.Linear elsewhere, same parameter names), LayerNorm and its residual add from kernels.layer_norm,
 bias + GELU from kernels.bias_gelu, the losses from kernels.cross_entropy. Nothing here knows about
 process groups or precision; the model builds on the `meta` device.
+
+Query, key and value are one [3H, H] projection (one GEMM); the reference has three variables, and LAMB's
+trust ratio is per variable, so the model names the parts (`fused_parameter_splits`) for the optimizer.
 """
 
 from __future__ import annotations
@@ -168,6 +171,14 @@ class BertForPretraining(nn.Module):
         self.heads = PretrainingHeads(cfg)
         self.uses_te_attention = _attention_backend(cfg.attention_backend) == "te"
         self.reset_parameters()
+
+    def fused_parameter_splits(self) -> dict[str, tuple[int, ...]]:
+        """The parameters that concatenate several of the reference's variables along dim 0, by name, with
+        the dim-0 size of each part: every layer's qkv weight and bias are the TF reference's (and HF's)
+        query, key and value. The fused projection is one GEMM here, but LAMB takes a trust ratio per
+        reference variable (kernels.lamb_ref.lamb_param_groups passes these on to the optimizer)."""
+        H = self.cfg.hidden_size
+        return {f"layers.{i}.qkv.{part}": (H, H, H) for i in range(len(self.layers)) for part in ("weight", "bias")}
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

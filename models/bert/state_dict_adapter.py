@@ -23,7 +23,9 @@ np.savez('model.ckpt-28252.npz', **{n: r.get_tensor(n) for n, _ in tf.train.list
     cls/seq_relationship/output_weights (no ^T), _bias   cls.seq_relationship.weight, bias       heads.nsp.weight, bias
 
 TF dense kernels are [in, out] and are transposed; the MLM decoder is tied to the word embeddings in
-all three. Optimizer slots (adam_m/adam_v and the like), global_step and loss-scale variables are skipped.
+all three. Optimizer variables (LAMB's slots `<var>/LAMB`, `<var>/LAMB_1` and `beta1_power`, `beta2_power`;
+AdamW's `<var>/adam_m`, `<var>/adam_v`), global_step and loss-scale variables are skipped, as the reference's
+loader restores only the model's variables; any other variable that is not BERT's is an error.
 """
 
 from __future__ import annotations
@@ -67,9 +69,13 @@ _QKV = ("query", "key", "value")
 # HF keys that duplicate a tied tensor: accepted on input, written on output.
 _HF_TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
             "cls.predictions.decoder.bias": "cls.predictions.bias"}
-# Non-model TF variables: optimizer slots, step counters, loss scaling.
-_TF_SKIP = re.compile(r"(/adam_[mv]|/lamb_[mv]|/Momentum|/ExponentialMovingAverage)$|^(global_step|"
-                      r"current_loss_scale|good_steps|bad_steps|loss_scale)")
+# Non-model TF variables, skipped as the reference's loader skips them (it restores only the model's
+# variables): optimizer slots (`<var>/LAMB` and `<var>/LAMB_1`, the m and v slots TF names after the
+# reference's LAMB optimizer, as in model.ckpt-28252; `<var>/adam_m|adam_v` of google-research/bert's AdamW),
+# the optimizer's non-slot variables (`beta1_power`, `beta2_power`), step counters, loss scaling. Any other
+# name that is not a BERT variable is an error.
+_TF_SKIP = re.compile(r"(/adam_[mv]|/lamb_[mv]|/LAMB(_\d+)?|/Momentum|/ExponentialMovingAverage)$|"
+                      r"^(global_step|current_loss_scale|good_steps|bad_steps|loss_scale)|^beta[12]_power(_\d+)?$")
 
 
 class CheckpointError(ValueError):
@@ -150,7 +156,7 @@ def from_tf(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """TF variable name -> array (the reference's checkpoint, converted to .npz) -> ours."""
     hf = {}
     for name, array in arrays.items():
-        if _TF_SKIP.search(name) or not name.startswith(("bert/", "cls/")):
+        if _TF_SKIP.search(name):
             continue
         key, transpose = tf_name_to_hf(name)
         tensor = torch.from_numpy(np.ascontiguousarray(array.T if transpose else array)).float()

@@ -145,6 +145,37 @@ def test_tf_checkpoint_npz_gives_the_hf_logits(hf_model, tmp_path):
         load_into(wrong, load_checkpoint(str(path)), str(path))
 
 
+def test_tf_checkpoint_with_lamb_slots_loads_the_weights_only(hf_model, tmp_path):
+    """The real phase-1 checkpoint (model.ckpt-28252) holds the LAMB optimizer's slots next to every
+    variable (`<var>/LAMB`, `<var>/LAMB_1`: TF's slot names for m and v of an optimizer named LAMB) and
+    its non-slot variables `beta1_power`, `beta2_power`, plus `global_step`. The reference's loader (and
+    NVIDIA's) reads only the model's variables, so these are skipped; any other unknown name, and a
+    missing weight, still fail."""
+    weights = {k: v for k, v in _tf_variables(hf_model.state_dict()).items()
+               if not k.endswith(("/adam_m", "/adam_v")) and k != "global_step"}
+    arrays = dict(weights)
+    for name, array in weights.items():
+        arrays[name + "/LAMB"] = np.full_like(array, 0.5)
+        arrays[name + "/LAMB_1"] = np.full_like(array, 0.25)
+    arrays.update(beta1_power=np.array(0.66 ** 28252, np.float32), beta2_power=np.array(0.996 ** 28252, np.float32),
+                  global_step=np.array(28252, np.int64))
+    path = tmp_path / "model.ckpt-28252.npz"
+    np.savez(path, **arrays)
+    loaded = load_checkpoint(str(path))
+    expected = from_hf(hf_model.state_dict())
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], v) for k, v in expected.items())
+    for extra in ({"bert/encoder/layer_0/output/dense/kernel/Adagrad": np.zeros(1, np.float32)},
+                  {"some_other_variable": np.zeros(1, np.float32)},
+                  {"bert/encoder/layer_2/output/dense/bias": np.zeros(TINY.hidden_size, np.float32)}):
+        np.savez(path, **arrays, **extra)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(str(path))
+    missing = {k: v for k, v in arrays.items() if k != "bert/encoder/layer_1/attention/self/key/kernel"}
+    np.savez(path, **missing)
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_checkpoint(str(path))
+
+
 def test_packed_and_unpacked_batches_give_the_same_loss_and_gradients():
     """The same 8 sequences, one per row and packed 3 to a row: same loss, same gradient of every
     parameter (dropout off; attention stays within each sequence, positions restart per sequence)."""

@@ -58,16 +58,18 @@ def hf_inputs(sequences, seq: int) -> dict[str, torch.Tensor]:
             "next_sentence_label": nsp}
 
 
-def make_steps(cfg: BertModelConfig, mode: str, sequences, seq: int, predictions: int):
+def make_steps(cfg: BertModelConfig, mode: str, sequences, seq: int, predictions: int, device: torch.device):
     hf = transformers.BertForPreTraining(transformers.BertConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
         max_position_embeddings=cfg.max_position_embeddings, layer_norm_eps=cfg.layer_norm_eps)).train()
     ours = build_bert(cfg).train()
     load_into(ours, from_hf(hf.state_dict()), "hf")  # same weights, so the same numerics to optimise
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if mode.startswith("bf16") else contextlib.nullcontext
-    batch = build_batch(sequences, seq, predictions, max_per_row=2 if mode.endswith("packed") else 1)
-    inputs = hf_inputs(sequences, seq)
+    hf, ours = hf.to(device), ours.to(device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if mode.startswith("bf16") \
+        else contextlib.nullcontext
+    batch = build_batch(sequences, seq, predictions, max_per_row=2 if mode.endswith("packed") else 1).to(device)
+    inputs = {k: v.to(device) for k, v in hf_inputs(sequences, seq).items()}
 
     def optimizer(model):
         return FusedLAMB(lamb_param_groups(model, 0.01), lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
@@ -104,7 +106,11 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 keeps the default")
     p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--device", default="cpu", help="cpu or cuda (BERT-large on a GPU: --hidden 1024 --layers 24 "
+                                                   "--heads 16 --seq 512 --predictions 76 --batch 48)")
     a = p.parse_args()
+    device = torch.device(a.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = BertModelConfig(vocab_size=a.vocab, hidden_size=a.hidden, num_layers=a.layers, num_heads=a.heads,
@@ -114,7 +120,8 @@ def main() -> None:
 
     print(f"# bert_step  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device cpu")
+          f"{torch.get_num_threads()} threads, device "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
     print(f"hidden {a.hidden}, layers {a.layers}, heads {a.heads}, vocab {a.vocab}; {a.batch} sequences of "
           f"<= {a.seq} tokens ({tokens} real tokens, {tokens / (a.batch * a.seq):.0%} of the padded rows); "
           f"warmup {a.warmup}, timed {a.iters} (median)")
@@ -123,16 +130,18 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for mode in a.modes.split(","):
         torch.manual_seed(0)
-        steps, rows = make_steps(cfg, mode, sequences, a.seq, a.predictions)
+        steps, rows = make_steps(cfg, mode, sequences, a.seq, a.predictions, device)
         times = {name: [] for name in steps}
         for name, step in steps.items():
             for _ in range(a.warmup):
                 step()
+            sync()
         # Alternate step by step, so load from other processes hits both models alike.
         for _ in range(a.iters):
             for name, step in steps.items():
                 start = time.perf_counter()
                 step()
+                sync()  # a GPU step is timed to its end, not to its last launch
                 times[name].append(time.perf_counter() - start)
         ours, theirs = statistics.median(times["ours"]), statistics.median(times["hf"])
         print(f"| {mode} | {rows} | {ours * 1e3:.0f} | {a.batch / ours:.1f} | {theirs * 1e3:.0f} | "

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of kernels/, in one call of at most ~8 minutes: the kernel tests on CUDA (GPU-only tests
-# included, Triton path forced), then every kernel benchmark; the benchmark table is printed last.
+# included, Triton path forced; one pytest process per test file, TEST_JOBS at a time, so that Triton's
+# compilations overlap), every kernel benchmark, then BERT-large train steps (sequences/s per GPU, ours and
+# HF's); the tables are printed last.
 #
 #   usage: perf_tests/gpu_check.sh [--dry-run]
 #     --dry-run   no GPU needed: check the test collection and run the benchmarks' CPU smoke mode
@@ -8,6 +10,8 @@
 #     PYTHON          interpreter with torch + triton + pytest (default: python3); runs offline
 #     OUT             directory for logs and the table (default: perf_tests/kernels/results/gpu_check_<date>)
 #     TEST_TIMEOUT_S  limit for the test run (default 240)
+#     TEST_JOBS       test files run at once (default 4)
+#     BERT_TIMEOUT_S  limit for the BERT step benchmark (default 150)
 #     BENCH_BUDGET_S  the benchmarks start no new case after this (default 200); hard limit +60 s
 #
 # Exit status: 0 when the tests passed and every benchmark case ran, 1 otherwise, 2 without a GPU.
@@ -19,6 +23,8 @@ cd "$REPO"
 PYTHON="${PYTHON:-python3}"
 OUT="${OUT:-perf_tests/kernels/results/gpu_check_$(date +%Y%m%d_%H%M%S)}"
 TEST_TIMEOUT_S="${TEST_TIMEOUT_S:-240}"
+TEST_JOBS="${TEST_JOBS:-4}"
+BERT_TIMEOUT_S="${BERT_TIMEOUT_S:-150}"
 BENCH_BUDGET_S="${BENCH_BUDGET_S:-200}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -47,13 +53,23 @@ print(f"python {platform.python_version()} torch {torch.__version__} triton {tri
 print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())
 PY
 
-echo "== kernel tests on CUDA (limit ${TEST_TIMEOUT_S} s) =="
+echo "== kernel tests on CUDA (${TEST_JOBS} files at a time, limit ${TEST_TIMEOUT_S} s) =="
 unset TRITON_INTERPRET
-MLPERF_KERNELS=triton timeout "$TEST_TIMEOUT_S" "$PYTHON" -m pytest tests/kernels -m "gpu or not gpu" -q \
-    -p no:cacheprovider > "$OUT/tests.log" 2>&1
-tests_rc=$?
-grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -n 30
-[[ $tests_rc -eq 124 ]] && echo "tests: TIMED OUT after ${TEST_TIMEOUT_S} s"
+export PYTHON OUT
+# One process per file: each exits with pytest's status, written beside its log.
+ls tests/kernels/test_*.py | timeout "$TEST_TIMEOUT_S" xargs -P "$TEST_JOBS" -I{} bash -c \
+    'f={}; n=$(basename "$f" .py); MLPERF_KERNELS=triton "$PYTHON" -m pytest "$f" -m "gpu or not gpu" -q \
+         -p no:cacheprovider > "$OUT/tests_$n.log" 2>&1; echo $? > "$OUT/tests_$n.rc"'
+[[ $? -eq 124 ]] && echo "tests: TIMED OUT after ${TEST_TIMEOUT_S} s"
+tests_rc=0
+: > "$OUT/tests.log"
+for f in tests/kernels/test_*.py; do
+    n=$(basename "$f" .py)
+    rc=$(cat "$OUT/tests_$n.rc" 2>/dev/null || echo "not finished")
+    echo "$n: $(tail -n 1 "$OUT/tests_$n.log" 2>/dev/null) (exit $rc)" >> "$OUT/tests.log"
+    grep -E "^(FAILED|ERROR)" "$OUT/tests_$n.log" 2>/dev/null | head -n 10
+    [[ "$rc" == 0 ]] || tests_rc=1
+done
 
 echo "== kernel benchmarks (budget ${BENCH_BUDGET_S} s) =="
 timeout $((BENCH_BUDGET_S + 60)) "$PYTHON" perf_tests/kernels/bench_kernels.py --budget-s "$BENCH_BUDGET_S" \
@@ -61,10 +77,17 @@ timeout $((BENCH_BUDGET_S + 60)) "$PYTHON" perf_tests/kernels/bench_kernels.py -
 bench_rc=$?
 [[ $bench_rc -eq 124 ]] && echo "benchmarks: TIMED OUT (see $OUT/bench.log)"
 
+echo "== BERT-large train steps (limit ${BERT_TIMEOUT_S} s) =="
+# NVIDIA's 1x8 shape per GPU: 48 packed rows of 512 tokens, 76 predictions; ours against HF's BertForPreTraining.
+timeout "$BERT_TIMEOUT_S" "$PYTHON" perf_tests/bert_step.py --device cuda --hidden 1024 --layers 24 --heads 16 \
+    --seq 512 --predictions 76 --batch 48 --warmup 3 --iters 10 --modes bf16_packed > "$OUT/bert.md" 2>&1
+bert_rc=$?
+
 echo
 cat "$OUT/versions.txt"
-echo "tests: $(tail -n 1 "$OUT/tests.log") (exit $tests_rc; log $OUT/tests.log)"
-echo "benchmarks: exit $bench_rc (log $OUT/bench.log)"
+echo "tests (exit $tests_rc; logs $OUT/tests_*.log):"
+cat "$OUT/tests.log"
+echo "benchmarks: exit $bench_rc (log $OUT/bench.log); BERT steps: exit $bert_rc"
 echo
 if [[ -s "$OUT/kernels.md" ]]; then
     cat "$OUT/kernels.md"
@@ -72,4 +95,6 @@ else
     echo "no benchmark table; last lines of $OUT/bench.log:"
     tail -n 30 "$OUT/bench.log"
 fi
-[[ $tests_rc -eq 0 && $bench_rc -eq 0 ]]
+echo
+cat "$OUT/bert.md"
+[[ $tests_rc -eq 0 && $bench_rc -eq 0 && $bert_rc -eq 0 ]]

@@ -54,7 +54,6 @@ def ceilings(device: torch.device, smoke: bool) -> dict:
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     gemm_ms = bench_ms(lambda: torch.matmul(a, b), smoke)
-    del src, dst, a, b
     return {"copy_GBps": 2 * n / copy_ms / 1e6, "bf16_gemm_TFLOPs": 2 * size ** 3 / gemm_ms / 1e9}
 
 

@@ -85,6 +85,7 @@ class RunLoop:
         self.bench, self.ctx, self.run_cfg = bench, ctx, run_cfg
         self.on_run_start = on_run_start
         self.state = LoopState()
+        self.blocks = []
         self.t_start = None
         self.preemption = checkpoint.PreemptionFlag()
         self.profiler = StepProfiler(run_cfg.profile_start_step, run_cfg.profile_stop_step)
@@ -124,7 +125,7 @@ class RunLoop:
     # -- the timed part --------------------------------------------------------------------------------
     def run(self) -> RunResult:
         bench, ctx, log = self.bench, self.ctx, self.ctx.log
-        blocks = bench.blocks()  # a bad schedule setting fails here, before the clock starts
+        blocks = self.blocks = bench.blocks()  # a bad schedule setting fails here, before the clock starts
         self.preemption.install()
         _barrier(ctx)
         log.end(constants.INIT_STOP)
@@ -228,6 +229,17 @@ class RunLoop:
         report.write_metrics_line(self.ctx.run_dir, {"step": self.state.global_step, "loss": mean_loss,
                                                      "samples_per_s": rate, **fields})
 
+    def _position(self) -> dict:
+        """Where the run stopped, in its benchmark's eval unit (DLRM's reference logs it with run_stop): the
+        position of the last block completed."""
+        done, position = 0, 0
+        for block in self.blocks:
+            done += block.steps
+            if done > self.state.global_step:
+                break
+            position = block.eval_metadata["epoch_num"]
+        return {"epoch_num": position}
+
     def _finish(self, status: str, reason: str, exit_code: int, t_start: float) -> RunResult:
         self.profiler.stop()
         self.preemption.uninstall()
@@ -235,7 +247,7 @@ class RunLoop:
         samples = self.state.global_step * self.bench.global_batch_size
         if self.ctx.spec.train_samples_at_stop:
             self.ctx.log.event(constants.TRAIN_SAMPLES, samples)
-        self.ctx.log.end(constants.RUN_STOP, metadata={"status": status})
+        self.ctx.log.end(constants.RUN_STOP, metadata={"status": status, **self._position()})
         seconds = time.time() - t_start
         return RunResult(status, reason, seconds, samples, list(self.state.evals), exit_code,
                          attempts=self.state.attempt, total_seconds=self.state.earlier_seconds + seconds)

@@ -13,7 +13,14 @@ GPU without TE). "auto" picks te when transformer_engine imports and the GPU is 
 Delayed scaling, as TE's DelayedScaling recipe: every quantized tensor role (input, weight, output
 gradient) keeps an amax history of `amax_history_len` steps; a tensor is cast with the scale computed
 from the history *before* its own amax is recorded, scale = fp8_max / amax / 2**margin with amax the
-history's max ("max") or its latest entry ("most_recent"); a zero or non-finite amax keeps the old scale.
+history's max ("max") or its latest entry ("most_recent"); a zero or non-finite amax keeps the old scale,
+and an amax so small that the scale overflows fp32 gives fp32's largest value (TE's guard), never inf.
+Several micro-batches per optimizer step (gradient accumulation, pipeline parallel with many forwards in
+flight): every micro-batch folds its amax into the newest history slot (the max over the step), every
+micro-batch is cast with the scales current when its forward ran (a value saved for its backward, never a
+view of the buffer), and the history rolls and the scales update once per optimizer step
+(`update_delayed_scaling`). Forwards without grad (evaluation, the no-grad first pass of activation
+recompute) do not record amax.
 The recipes NVIDIA's MLPerf v4.0 configs use are in RECIPES (spec: bert.md, gpt3.md, llama2_70b_lora.md).
 """
 
@@ -109,12 +116,18 @@ def compute_scale(amax_history: torch.Tensor, scale: torch.Tensor, dtype: torch.
     """New scales from histories (L, ...) and the current scales (...), without leaving the device."""
     amax = amax_history.max(0).values if algo == "max" else amax_history[0]
     new = fp8_max(dtype) / amax / (2.0 ** margin)
+    # TE: an amax too small for the scale to be representable in fp32 gives fp32's largest scale, not inf
+    # (an inf scale turns zeros into nan in the cast). A zero or non-finite amax keeps the previous scale.
+    new = new.clamp(max=torch.finfo(torch.float32).max)
     return torch.where((amax > 0) & torch.isfinite(amax), new, scale)
 
 
 def record_amax(amax_history: torch.Tensor, column: int, x: torch.Tensor) -> None:
-    """Write this step's amax of x into the newest slot (row 0) of one role's history."""
-    amax_history[0, column] = x.detach().abs().max().float()
+    """Fold x's amax into the newest slot (row 0) of one role's history: the slot holds the max over every
+    micro-batch since the last roll (which clears it), so each micro-batch of a step counts, not just the
+    last. fmax, as TE's amax reductions (fmaxf): a nan amax does not wipe out the others."""
+    slot = amax_history[0, column]
+    slot.copy_(torch.fmax(slot, x.detach().abs().max().float()))
 
 
 def roll_history(amax_history: torch.Tensor) -> torch.Tensor:
@@ -124,33 +137,65 @@ def roll_history(amax_history: torch.Tensor) -> torch.Tensor:
     return rolled
 
 
+@torch.no_grad()
+def update_delayed_scaling(amax_history: torch.Tensor, scale: torch.Tensor, recipe: Fp8Recipe) -> None:
+    """Once per optimizer step, after the backward of its last micro-batch: the next step's scales (columns
+    input, weight: e4m3; grad_output: e5m2) from the (L, 3) history, then roll the history, in place."""
+    algo, margin = recipe.amax_compute_algo, recipe.margin
+    fwd = compute_scale(amax_history[:, :2], scale[:2], E4M3, margin, algo)
+    bwd = compute_scale(amax_history[:, 2:], scale[2:], E5M2, margin, algo)
+    scale.copy_(torch.cat([fwd, bwd]))
+    amax_history.copy_(roll_history(amax_history))
+
+
+# --- the GEMMs ---------------------------------------------------------------------------------------
+def fp8_gemm_forward(x2: torch.Tensor, weight: torch.Tensor, amax_history: torch.Tensor, scale: torch.Tensor,
+                     record: bool = True) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """y (M, N) = x2 (M, K) @ weight (N, K)^T with e4m3 operands. Returns y and what the backward needs:
+    (x_fp8, w_fp8, scales), the scales a copy of `scale` as it is now, so a later micro-batch's forward or
+    a scale update before this backward runs changes nothing here (nor trips autograd's version check).
+    `record`: fold this micro-batch's input and weight amax into the history (False for no-grad forwards)."""
+    scale = scale.detach().clone()
+    if record:
+        record_amax(amax_history, 0, x2)
+        record_amax(amax_history, 1, weight)
+    x_fp8, w_fp8 = quantize(x2, scale[0], E4M3), quantize(weight, scale[1], E4M3)
+    inv = scale.reciprocal()
+    # _scaled_mm wants the second operand column-major: w_fp8 (N, K) row-major, transposed, is that
+    y = torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=inv[0], scale_b=inv[1], out_dtype=_out_dtype(x2))
+    return y, (x_fp8, w_fp8, scale)
+
+
+def fp8_gemm_backward(dy2: torch.Tensor, x_fp8: torch.Tensor, w_fp8: torch.Tensor, scale: torch.Tensor,
+                      amax_history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dgrad (M, K), wgrad (N, K)) of fp8_gemm_forward from dy2 (M, N) cast to e5m2 with the grad_output
+    scale its forward saw; dy2's amax is folded into the history's grad_output column."""
+    dy2 = dy2.contiguous()
+    record_amax(amax_history, 2, dy2)
+    dy_fp8 = quantize(dy2, scale[2], E5M2)
+    inv = scale.reciprocal()
+    out = _out_dtype(dy2)
+    # dgrad (M, K) = dy (M, N) @ w (N, K); wgrad (N, K) = dy^T (N, M) @ x (M, K)
+    dx = torch._scaled_mm(dy_fp8, w_fp8.t().contiguous().t(), scale_a=inv[2], scale_b=inv[1], out_dtype=out)
+    dw = torch._scaled_mm(dy_fp8.t().contiguous(), x_fp8.t().contiguous().t(), scale_a=inv[2],
+                          scale_b=inv[0], out_dtype=out)
+    return dx, dw
+
+
 # --- torch-native FP8 linear -------------------------------------------------------------------------
 class _Fp8LinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2, weight, history, scale):
-        record_amax(history, 0, x2)
-        record_amax(history, 1, weight)
-        x_fp8, w_fp8 = quantize(x2, scale[0], E4M3), quantize(weight, scale[1], E4M3)
-        inv = scale.reciprocal()
-        # _scaled_mm wants the second operand column-major: w_fp8 (N, K) row-major, transposed, is that
-        y = torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=inv[0], scale_b=inv[1], out_dtype=_out_dtype(x2))
-        ctx.save_for_backward(x_fp8, w_fp8, history, scale)
+    def forward(ctx, x2, weight, history, scale, record):
+        y, saved = fp8_gemm_forward(x2, weight, history, scale, record)
+        ctx.save_for_backward(*saved)  # values: x_fp8, w_fp8 and this forward's scales
+        ctx.amax_history = history  # the live buffer, written (not read) by the backward
         ctx.weight_dtype = weight.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x_fp8, w_fp8, history, scale = ctx.saved_tensors
-        dy = dy.contiguous()
-        record_amax(history, 2, dy)
-        dy_fp8 = quantize(dy, scale[2], E5M2)
-        inv = scale.reciprocal()
-        out = dy.dtype if dy.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        # dgrad (M, K) = dy (M, N) @ w (N, K); wgrad (N, K) = dy^T (N, M) @ x (M, K)
-        dx = torch._scaled_mm(dy_fp8, w_fp8.t().contiguous().t(), scale_a=inv[2], scale_b=inv[1], out_dtype=out)
-        dw = torch._scaled_mm(dy_fp8.t().contiguous(), x_fp8.t().contiguous().t(), scale_a=inv[2],
-                              scale_b=inv[0], out_dtype=out)
-        return dx, dw.to(ctx.weight_dtype), None, None
+        dx, dw = fp8_gemm_backward(dy, *ctx.saved_tensors, ctx.amax_history)
+        return dx, dw.to(ctx.weight_dtype), None, None, None
 
 
 def _out_dtype(x: torch.Tensor) -> torch.dtype:
@@ -161,7 +206,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                scale: torch.Tensor) -> torch.Tensor:
     """x @ weight.T + bias through torch._scaled_mm with the given (3,) scales and (L, 3) histories."""
     x2 = x.reshape(-1, x.shape[-1])
-    y = _Fp8LinearFunction.apply(x2, weight, amax_history, scale)
+    y = _Fp8LinearFunction.apply(x2, weight, amax_history, scale, torch.is_grad_enabled())
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.view(*x.shape[:-1], weight.shape[0])
@@ -179,12 +224,8 @@ class _Fp8Scaling(nn.Module):
     @torch.no_grad()
     def update_scales(self) -> None:
         """Scales for the next step from the histories, then roll them (delayed scaling). Call once per
-        optimizer step, after the backward."""
-        algo, margin = self.recipe.amax_compute_algo, self.recipe.margin
-        fwd = compute_scale(self.amax_history[:, :2], self.scale[:2], E4M3, margin, algo)
-        bwd = compute_scale(self.amax_history[:, 2:], self.scale[2:], E5M2, margin, algo)
-        self.scale.copy_(torch.cat([fwd, bwd]))
-        self.amax_history.copy_(roll_history(self.amax_history))
+        optimizer step, after the backward of the step's last micro-batch."""
+        update_delayed_scaling(self.amax_history, self.scale, self.recipe)
 
 
 class FP8Linear(_Fp8Scaling):

@@ -14,6 +14,12 @@ communication: all-gather of the sequence-parallel input in forward, all-reduce 
 parallel, reduce-scatter) of the input gradient in backward. Row-parallel layers reduce their output
 outside `_forward_impl`, so nothing changes there. The output layer stays in bf16, as with TE.
 
+Delayed scaling as TE's, also with many micro-batches in flight (pipeline parallel, gradient accumulation):
+each micro-batch's forward casts with the scales current when it runs and saves them for its backward as
+values (other micro-batches' forwards run between a forward and its backward), every micro-batch folds its
+input / weight / output-gradient amax into the newest history slot, and `update_fp8_scales` rolls the
+history and computes the next scales once per optimizer step (kernels/fp8.py: `update_delayed_scaling`).
+
 amax histories and scales are buffers that are not saved in checkpoints: a resumed run rebuilds them.
 """
 
@@ -23,47 +29,36 @@ import torch
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.mappings import _gather_along_first_dim, _reduce_scatter_along_first_dim
 
-from kernels.fp8 import E4M3, E5M2, Fp8Recipe, compute_scale, quantize, record_amax, roll_history
+from kernels.fp8 import Fp8Recipe, fp8_gemm_backward, fp8_gemm_forward, update_delayed_scaling
 
 
 class _Fp8TensorParallelGemm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, history, scale, allreduce_dgrad, sequence_parallel, group):
+    def forward(ctx, x, weight, bias, history, scale, record, allreduce_dgrad, sequence_parallel, group):
         total = _gather_along_first_dim(x, group) if sequence_parallel else x
         x2 = total.reshape(-1, total.shape[-1])
-        record_amax(history, 0, x2)
-        record_amax(history, 1, weight)
-        x_fp8, w_fp8 = quantize(x2, scale[0], E4M3), quantize(weight, scale[1], E4M3)
-        inv = scale.reciprocal()
-        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        y = torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=inv[0], scale_b=inv[1], out_dtype=out_dtype)
+        y, saved = fp8_gemm_forward(x2, weight, history, scale, record)
         if bias is not None:
             y = y + bias.to(y.dtype)
-        ctx.save_for_backward(x_fp8, w_fp8, history, scale)
+        # Values only (x_fp8, w_fp8, the scales this forward used): with pipeline parallelism other
+        # micro-batches' forwards run, and write the history, before this backward.
+        ctx.save_for_backward(*saved)
+        ctx.amax_history = history  # the live buffer, written (not read) by the backward
         ctx.meta = (allreduce_dgrad, sequence_parallel, group, bias is not None, total.shape, weight.dtype, x.dtype)
         return y.view(*total.shape[:-1], weight.shape[0]).to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy):
-        x_fp8, w_fp8, history, scale = ctx.saved_tensors
         allreduce_dgrad, sequence_parallel, group, has_bias, total_shape, w_dtype, x_dtype = ctx.meta
         dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
-        record_amax(history, 2, dy2)
-        dy_fp8 = quantize(dy2, scale[2], E5M2)
-        inv = scale.reciprocal()
-        out = dy.dtype if dy.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        # dgrad (M, K) = dy (M, N) @ w (N, K); wgrad (N, K) = dy^T (N, M) @ x (M, K); _scaled_mm wants its
-        # second operand column-major.
-        dx = torch._scaled_mm(dy_fp8, w_fp8.t().contiguous().t(), scale_a=inv[2], scale_b=inv[1], out_dtype=out)
+        dx, dw = fp8_gemm_backward(dy2, *ctx.saved_tensors, ctx.amax_history)
         dx = dx.view(total_shape).to(x_dtype)
         if sequence_parallel:
             dx = _reduce_scatter_along_first_dim(dx, group)
         elif allreduce_dgrad:
             torch.distributed.all_reduce(dx, group=group)
-        dw = torch._scaled_mm(dy_fp8.t().contiguous(), x_fp8.t().contiguous().t(), scale_a=inv[2],
-                              scale_b=inv[0], out_dtype=out).to(w_dtype)
         db = dy2.sum(0).to(w_dtype) if has_bias else None
-        return dx, dw, db, None, None, None, None, None
+        return dx, dw.to(w_dtype), db, None, None, None, None, None, None
 
 
 class _Fp8Gemm:
@@ -84,16 +79,13 @@ class _Fp8Gemm:
                       **_):
         if gradient_accumulation_fusion or grad_output_buffer is not None:
             raise ValueError("FP8 linears do not fuse wgrad accumulation or defer wgrad (TE's features)")
+        # No-grad forwards (evaluation; the first pass of activation recompute, whose recomputation in the
+        # backward records) leave the history alone.
         return _Fp8TensorParallelGemm.apply(input, weight, bias, self.fp8_amax_history, self.fp8_scale,
-                                            allreduce_dgrad, sequence_parallel, tp_group)
+                                            torch.is_grad_enabled(), allreduce_dgrad, sequence_parallel, tp_group)
 
-    @torch.no_grad()
     def update_fp8_scales(self) -> None:
-        r = self.fp8_recipe
-        fwd = compute_scale(self.fp8_amax_history[:, :2], self.fp8_scale[:2], E4M3, r.margin, r.amax_compute_algo)
-        bwd = compute_scale(self.fp8_amax_history[:, 2:], self.fp8_scale[2:], E5M2, r.margin, r.amax_compute_algo)
-        self.fp8_scale.copy_(torch.cat([fwd, bwd]))
-        self.fp8_amax_history.copy_(roll_history(self.fp8_amax_history))
+        update_delayed_scaling(self.fp8_amax_history, self.fp8_scale, self.fp8_recipe)
 
     @torch.no_grad()
     def reset_fp8_state(self) -> None:

@@ -54,6 +54,43 @@ def test_compute_scale_keeps_scale_for_nonfinite_amax_and_roll_order():
     assert rolled.flatten().tolist() == [0.0, 7.0, 5.0]
 
 
+def test_compute_scale_never_overflows_to_inf():
+    """TE's guard: an amax so small that fp8_max / amax overflows fp32 gives fp32's largest scale (an inf
+    scale would turn the zeros of the next cast into nan); amax 0 keeps the previous scale."""
+    history = torch.tensor([[1e-40, 0.0, 2.0]])
+    for dtype in (E4M3, E5M2):
+        got = compute_scale(history, torch.tensor([3.0, 5.0, 7.0]), dtype)
+        assert got.tolist() == [torch.finfo(torch.float32).max, 5.0, torch.finfo(dtype).max / 2.0]
+
+
+def test_record_amax_keeps_the_max_over_the_micro_batches_of_a_step():
+    """Every micro-batch of a step folds its amax into the newest slot, whatever their order; the roll at
+    the optimizer step clears it for the next step."""
+    history = torch.zeros(3, 3)
+    for amax in (1.0, 4.0, 0.5, 0.0):
+        record_amax(history, 0, torch.tensor([-amax, amax / 3]))
+    record_amax(history, 2, torch.tensor([float("nan"), 2.0]))  # nan, as fmaxf, leaves the others
+    record_amax(history, 2, torch.tensor([0.25]))
+    assert history[0].tolist() == [4.0, 0.0, 0.25] and history[1:].abs().sum() == 0
+    history = roll_history(history)
+    assert history[0].abs().sum() == 0 and history[-1].tolist() == [4.0, 0.0, 0.25]
+
+
+def test_no_grad_forwards_leave_the_history_alone():
+    """Evaluation (and the no-grad first pass of activation recompute) runs with the current scales but
+    records nothing: only training micro-batches feed the delayed scaling."""
+    if not _cpu_scaled_mm():
+        pytest.skip("this torch build has no CPU torch._scaled_mm")
+    layer = FP8Linear(32, 16, recipe=Fp8Recipe(amax_history_len=2))
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = layer(x)
+    assert layer.amax_history.abs().sum() == 0
+    layer(x).sum().backward()
+    assert layer.amax_history[0, 0].item() == x.abs().max().item() and layer.amax_history[0, 2].item() == 1.0
+    assert torch.equal(layer(x).detach(), y)
+
+
 def test_recipes_match_nvidia_configs():
     assert (RECIPES["bert"].amax_history_len, RECIPES["bert"].amax_compute_algo) == (1, "max")
     assert (RECIPES["gpt3"].amax_history_len, RECIPES["gpt3"].amax_compute_algo) == (1024, "max")

@@ -5,7 +5,8 @@ A TFRecord file is a sequence of records, each laid out as
     uint64 length | uint32 masked_crc32c(length bytes) | data[length] | uint32 masked_crc32c(data)
 
 all little-endian. The index format DALI's tfrecord reader takes is one text line per record,
-"<offset> <size>", where size counts the 16 framing bytes too; `scan_records` returns exactly that.
+"<offset> <size>", where size counts the 16 framing bytes too; `scan_records` returns exactly that
+from the headers alone, `verify_records` after checking every record of the file in full.
 
 CRC32C (Castagnoli) has no stdlib implementation (zlib's crc32 uses another polynomial), so it is
 computed here: short inputs byte by byte from a 256-entry table, long ones with numpy over many
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -71,9 +73,16 @@ def _operator_tables(columns: np.ndarray) -> np.ndarray:
     return tables
 
 
+_BYTE_POSITIONS = (0, 1, 2, 3) if sys.byteorder == "little" else (3, 2, 1, 0)  # of each uint32's bytes
+
+
 def _apply(tables: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return (tables[0][x & 0xFF] ^ tables[1][(x >> 8) & 0xFF]
-            ^ tables[2][(x >> 16) & 0xFF] ^ tables[3][x >> 24])
+    x = np.ascontiguousarray(x, dtype=np.uint32)
+    octets = x.view(np.uint8).reshape(x.shape + (4,))
+    out = np.take(tables[0], octets[..., _BYTE_POSITIONS[0]])
+    for byte in (1, 2, 3):
+        out ^= np.take(tables[byte], octets[..., _BYTE_POSITIONS[byte]])
+    return out
 
 
 _UNITS = np.uint32(1) << np.arange(32, dtype=np.uint32)
@@ -86,6 +95,25 @@ def _shift_tables(num_zero_bytes: int) -> np.ndarray:
         half = _shift_tables(num_zero_bytes // 2)
         _SHIFT_TABLES[num_zero_bytes] = _operator_tables(_apply(half, _apply(half, _UNITS)))
     return _SHIFT_TABLES[num_zero_bytes]
+
+
+_LOW_HALF, _HIGH_HALF = (0, 1) if sys.byteorder == "little" else (1, 0)  # uint16 halves of a uint32
+
+
+def _lane_registers(words: np.ndarray) -> np.ndarray:
+    """Registers, from zero, after each row of `words` ([lanes, words per lane], little-endian
+    uint32 words of each lane's bytes in order). np.take with uint16 index views: fancy indexing
+    with a uint32 index costs ~7 ns an element, this ~1 ns."""
+    lanes = np.zeros(words.shape[0], dtype=np.uint32)
+    x, high = np.empty_like(lanes), np.empty_like(lanes)
+    halves = x.view(np.uint16)
+    low_index, high_index = halves[_LOW_HALF::2], halves[_HIGH_HALF::2]
+    for column in words.T:  # strided columns: cheaper than a transposed copy at these sizes
+        np.bitwise_xor(lanes, column, out=x)
+        np.take(_WORD_LOW, low_index, out=lanes, mode="clip")  # indices < 65536: clip never clips
+        np.take(_WORD_HIGH, high_index, out=high, mode="clip")
+        np.bitwise_xor(lanes, high, out=lanes)
+    return lanes
 
 
 def _register_over(data: bytes | memoryview, register: int) -> int:
@@ -101,11 +129,7 @@ def _register_over(data: bytes | memoryview, register: int) -> int:
     buffer = np.zeros(size + pad, dtype=np.uint8)
     buffer[pad:] = np.frombuffer(data, dtype=np.uint8)
     buffer[pad:pad + 4] ^= np.frombuffer(register.to_bytes(4, "little"), dtype=np.uint8)
-    words = np.ascontiguousarray(buffer.view("<u4").reshape(-1, _LANE_BYTES // 4).T)
-    lanes = np.zeros(words.shape[1], dtype=np.uint32)
-    for column in words:
-        x = lanes ^ column
-        lanes = _WORD_LOW[x & 0xFFFF] ^ _WORD_HIGH[x >> 16]
+    lanes = _lane_registers(buffer.view("<u4").reshape(-1, _LANE_BYTES // 4))
     span = _LANE_BYTES
     while lanes.size > 1:
         if lanes.size % 2:  # an all-zero lane in front changes nothing
@@ -228,6 +252,103 @@ def scan_records(path: str) -> list[tuple[int, int]]:
                                     f"bytes, file ends after {file_size - offset}")
             records.append((offset, size))
             offset += size
+    return records
+
+
+_BULK_LANE_BYTES = 1024  # lanes of the whole-shard check: fewer lanes to merge, <1% padding on JPEGs
+_BULK_BATCH_BYTES = 8 << 20  # records checked together; measured fastest of 2, 8 and 32 MiB
+
+
+def _data_crcs(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """crc32c of buffer[start:start + length] for each record, all records in one vector pass.
+
+    Each record is copied front-padded to whole lanes (leading zeros leave a zero register alone)
+    with the initial register folded into its first four bytes; every lane's register is computed
+    at once, moved over the lanes that follow it in its record (a shift by k lanes is the product
+    of the power-of-two shifts in k's binary digits) and XORed together per record."""
+    crcs = np.zeros(len(starts), dtype=np.uint32)
+    short = lengths < 4  # too short to fold the initial register into; none in a real shard
+    for i in np.flatnonzero(short):
+        crcs[i] = crc32c(buffer[starts[i]:starts[i] + lengths[i]])
+    starts, lengths, rows = starts[~short], lengths[~short], np.flatnonzero(~short)
+    if not len(rows):
+        return crcs
+    lane_counts = -(-lengths // _BULK_LANE_BYTES)
+    first_lanes = np.concatenate(([0], np.cumsum(lane_counts)[:-1]))
+    padded = np.zeros(int(lane_counts.sum()) * _BULK_LANE_BYTES, dtype=np.uint8)
+    for start, length, first, count in zip(starts.tolist(), lengths.tolist(), first_lanes.tolist(),
+                                           lane_counts.tolist()):
+        begin = (first + count) * _BULK_LANE_BYTES - length
+        padded[begin:begin + length] = buffer[start:start + length]
+        padded[begin:begin + 4] ^= 0xFF  # the initial register 0xFFFFFFFF
+    lanes = _lane_registers(padded.view("<u4").reshape(-1, _BULK_LANE_BYTES // 4))
+    lanes_after = np.repeat(first_lanes + lane_counts - 1, lane_counts) - np.arange(len(lanes))
+    bit = 0
+    while lanes_after.any():
+        moved = np.flatnonzero(lanes_after & 1)
+        lanes[moved] = _apply(_shift_tables(_BULK_LANE_BYTES << bit), lanes[moved])
+        lanes_after >>= 1
+        bit += 1
+    crcs[rows] = np.bitwise_xor.reduceat(lanes, first_lanes) ^ np.uint32(0xFFFFFFFF)
+    return crcs
+
+
+def _masked(crcs: np.ndarray) -> np.ndarray:
+    return ((crcs >> 15) | (crcs << 17)) + np.uint32(_MASK_DELTA)  # uint32 arithmetic wraps
+
+
+def _check_data_crcs(path: str, data: np.ndarray, records: list[tuple[int, int]], first: int) -> None:
+    """Data CRCs of records[first:] (whose headers are checked) against their footers."""
+    offsets = np.array([offset for offset, _ in records[first:]], dtype=np.int64)
+    lengths = np.array([size - FRAMING_BYTES for _, size in records[first:]], dtype=np.int64)
+    footers = (offsets + _HEADER.size + lengths)[:, None] + np.arange(_FOOTER.size)
+    stored = np.ascontiguousarray(data[footers]).view("<u4").ravel()
+    computed = _masked(_data_crcs(data, offsets + _HEADER.size, lengths))
+    bad = np.flatnonzero(computed != stored)
+    if len(bad):
+        i = int(bad[0])
+        raise TFRecordError(f"{path}: bad data CRC in record {first + i} at offset {offsets[i]} "
+                            f"({lengths[i]} bytes: stored {int(stored[i]):#010x}, "
+                            f"computed {int(computed[i]):#010x})")
+
+
+def verify_records(path: str) -> list[tuple[int, int]]:
+    """(offset, size) of each record, as scan_records returns them, after checking the whole shard:
+    every record's length CRC, data CRC and that it is complete. Raises TFRecordError at the first
+    problem in file order, naming the file, the record's number (from 0) and offset, and what is
+    wrong. Data CRCs are computed over batches of records at once (see _data_crcs): about twice the
+    speed of checking record by record (read_record_at, iter_records)."""
+    file_size = os.path.getsize(path)
+    if file_size == 0:
+        return []
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # unmapped when the last view of it goes
+    records: list[tuple[int, int]] = []
+    unchecked, unchecked_bytes = 0, 0  # records[unchecked:] have their headers checked, not their data
+    offset = 0
+    while offset < file_size:
+        number, problem = len(records), None
+        if offset + _HEADER.size > file_size:
+            problem = (f"truncated record {number} at offset {offset}: the file ends "
+                       f"{file_size - offset} bytes into its {_HEADER.size}-byte header")
+        else:
+            header = data[offset:offset + _HEADER.size].tobytes()
+            length, length_crc = _HEADER.unpack(header)
+            if masked_crc32c(header[:8]) != length_crc:
+                problem = (f"bad length CRC in record {number} at offset {offset} "
+                           "(corrupt length field, or not a TFRecord file)")
+            elif offset + length + FRAMING_BYTES > file_size:
+                problem = (f"truncated record {number} at offset {offset}: needs {length + FRAMING_BYTES} "
+                           f"bytes, the file ends after {file_size - offset}")
+        if problem is not None:
+            if unchecked < len(records):
+                _check_data_crcs(path, data, records, unchecked)  # an earlier bad record goes first
+            raise TFRecordError(f"{path}: {problem}")
+        records.append((offset, length + FRAMING_BYTES))
+        offset += length + FRAMING_BYTES
+        unchecked_bytes += length
+        if unchecked_bytes >= _BULK_BATCH_BYTES or offset >= file_size:
+            _check_data_crcs(path, data, records, unchecked)
+            unchecked, unchecked_bytes = len(records), 0
     return records
 
 

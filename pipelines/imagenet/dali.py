@@ -12,6 +12,12 @@ Differences from the torch path, both allowed by the rules and both what NVIDIA'
   epoch are still N // global_batch_size on every rank, so ranks never disagree on the step count.
 Eval reproduces loader.py's arithmetic (short side truncated, floor-centred crop, the resize reads
 only the crop's source region), so on the CPU both paths agree to within one grey level.
+
+DALI's tfrecord reader checks no CRC: a flipped bit in a label or a JPEG would reach training
+silently. So the builders index with build_index(verify=True): every record of every shard is checked
+once (length CRC, data CRC, complete) when its index is built, and the result is cached beside the
+index (format.py); a corrupt shard fails the build with an error naming the file, the record's
+number and offset, and what is wrong.
 """
 
 from __future__ import annotations
@@ -148,8 +154,9 @@ class DaliLoader:
     """Same interface as loader.ImageNetLoader: num_samples, steps_per_epoch (= len), local_samples,
     local_batch_size, set_epoch (a no-op: DALI's reader keeps its own order), iteration.
 
-    DALI checks no CRCs and cannot always say which record broke it; when the pipeline fails, this
-    rank's records are read with the checking reader so the error names the file."""
+    The shards' CRCs were checked when the index was built (build_index(verify=True)). DALI cannot
+    always say which record broke it (e.g. a JPEG that does not decode); when the pipeline fails,
+    this rank's records are read with the checking reader so the error names the file."""
 
     def __init__(self, pipe, index: RecordIndex, *, rank: int, world_size: int, steps_per_epoch: int,
                  local_samples: int, local_batch_size: int):
@@ -194,7 +201,7 @@ def build_dali_train_loader(data_dir: str, *, global_batch_size: int, rank: int,
                             device: str | None = None, prefetch_queue_depth: int = 2,
                             shuffle_buffer: int = 10_000) -> DaliLoader:
     """Train pipeline; `device` "gpu" (mixed decode) or "cpu", default: gpu if CUDA is available."""
-    index = build_index(data_dir, "train", index_dir)
+    index = build_index(data_dir, "train", index_dir, verify=True)
     if global_batch_size <= 0 or global_batch_size % world_size or global_batch_size > len(index):
         raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
                          f"world_size {world_size} and at most {len(index)} records")
@@ -214,7 +221,7 @@ def build_dali_eval_loader(data_dir: str, *, batch_size: int, rank: int, world_s
     """Eval pipeline: rank r evaluates DALI's contiguous shard r of the records, each exactly once."""
     if resize_size < image_size:
         raise ValueError(f"resize_size {resize_size} is smaller than image_size {image_size}")
-    index = build_index(data_dir, "validation", index_dir)
+    index = build_index(data_dir, "validation", index_dir, verify=True)
     pipe = _pipeline(_eval_graph, index, batch_size=batch_size, rank=rank, world_size=world_size,
                      train=False, seed=0, num_threads=num_threads, device=device,
                      prefetch_queue_depth=prefetch_queue_depth, image_size=image_size,

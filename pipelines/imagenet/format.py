@@ -8,20 +8,30 @@ record is a tf.Example with `image/encoded` (JPEG bytes), `image/class/label` (i
 The index is built by scanning record headers. With an `index_dir` it is cached there as one DALI
 index file per shard (so the DALI reader uses the same files), under a folder named after the data
 directory's path: data_dir itself may be read-only.
+
+DALI's reader checks no CRC, so `build_index(verify=True)` (what the DALI loaders ask for) first
+checks every record of a shard in full (length CRC, data CRC, complete), then records that beside the
+shard's index (`<index>.verified`, keyed on the shard's size, mtime and a hash of its first and last
+4 KiB), so later runs only stat and hash those ends. Processes building the same index share the work
+through a lock file per shard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
-from typing import NamedTuple, Sequence
+import time
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from pipelines.tfrecord import (ExampleError, Feature, bytes_feature, decode_example,
                                          encode_example, float_feature, int64_feature,
-                                         read_index, read_record_at, scan_records, write_index)
+                                         read_index, read_record_at, scan_records, verify_records,
+                                         write_index)
 
 SPLIT_SHARDS = {"train": 1024, "validation": 128}
 SPLIT_RECORDS = {"train": 1_281_167, "validation": 50_000}
@@ -193,21 +203,139 @@ class RecordIndex:
         return decode_image_example(self.payload(i), self.where(i))
 
 
-def build_index(data_dir: str, split: str, index_dir: str | None = None) -> RecordIndex:
-    """Index of all records of `split`; cached in `index_dir` (DALI's format) when one is given."""
+VERIFIED_SUFFIX = ".verified"  # beside a shard's index: its records were all checked
+_VERIFICATION_VERSION = 1
+_FINGERPRINT_BYTES = 4096
+
+
+def _shard_fingerprint(shard: str) -> dict:
+    """What a verification is keyed on: size, mtime (ns) and a SHA-256 of the first and last 4 KiB
+    (8 KiB read per shard and run), which hold the first record's length CRC and the last record's
+    data CRC: a shard rewritten with the same size and mtime is caught too if its first or last
+    record differs. A change inside an otherwise untouched file (bit rot) is not: that takes
+    reading it all again (prepare/verify_dataset.py)."""
+    with open(shard, "rb") as f:
+        stat = os.fstat(f.fileno())
+        digest = hashlib.sha256(f.read(_FINGERPRINT_BYTES))
+        if stat.st_size > _FINGERPRINT_BYTES:
+            f.seek(max(_FINGERPRINT_BYTES, stat.st_size - _FINGERPRINT_BYTES))
+            digest.update(f.read(_FINGERPRINT_BYTES))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ends_sha256": digest.hexdigest()}
+
+
+def _index_digest(records: Sequence[tuple[int, int]]) -> str:
+    return hashlib.sha256("".join(f"{o} {s}\n" for o, s in records).encode()).hexdigest()
+
+
+def _verified_records(shard: str, index_file: str, fingerprint: dict) -> list[tuple[int, int]] | None:
+    """The cached index if a verification of this very shard and index is recorded beside it."""
+    try:
+        with open(index_file + VERIFIED_SUFFIX) as f:
+            verification = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(verification, dict) or verification.get("version") != _VERIFICATION_VERSION \
+            or verification.get("shard") != fingerprint:
+        return None
+    records = _cached_records(shard, index_file)
+    if records is None or verification.get("index_sha256") != _index_digest(records):
+        return None
+    return records
+
+
+def _verify_shard(shard: str, index_file: str | None) -> list[tuple[int, int]]:
+    """Records of a shard whose every record has been checked, now or by an earlier run."""
+    if index_file is None:
+        return _nonempty(shard, verify_records(shard))
+    fingerprint = _shard_fingerprint(shard)  # before reading: a change while verifying shows next time
+    records = _verified_records(shard, index_file, fingerprint)
+    if records is None:
+        start = time.perf_counter()
+        records = _nonempty(shard, verify_records(shard))
+        write_index(records, index_file)
+        verification = {"version": _VERIFICATION_VERSION, "shard": fingerprint,
+                        "index_sha256": _index_digest(records), "records": len(records),
+                        "checked": "length CRC, data CRC and completeness of every record",
+                        "seconds": round(time.perf_counter() - start, 3)}
+        tmp_path = f"{index_file}{VERIFIED_SUFFIX}.tmp-{os.getpid()}"
+        with open(tmp_path, "w") as f:
+            json.dump(verification, f)
+        os.replace(tmp_path, index_file + VERIFIED_SUFFIX)
+    return records
+
+
+@contextlib.contextmanager
+def _shard_lock(lock_path: str, wait: bool) -> Iterator[bool]:
+    """True while this process holds the lock, False if another holds it and `wait` is False. Where
+    the file system has no flock every process is let through: the lock only shares out work
+    (verifying a shard twice is wasteful, not wrong: both write the same files atomically)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield True
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # e.g. ENOLCK/ENOSYS on a file system mounted without locks
+            pass
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _verified_index(shards: list[str], index_files: list[str] | None) -> list[list[tuple[int, int]]]:
+    """Per-shard records, every shard verified (or found verified). Ranks building the same index at
+    once (one DALI loader per GPU) each take the shards no other has locked, then wait for the rest,
+    so n local ranks verify about n times faster than one."""
+    if index_files is None:
+        return [_verify_shard(shard, None) for shard in shards]
+    per_shard: list = [None] * len(shards)
+    busy = []
+    for k, shard in enumerate(shards):
+        per_shard[k] = _verified_records(shard, index_files[k], _shard_fingerprint(shard))
+        if per_shard[k] is None:
+            with _shard_lock(index_files[k] + ".lock", wait=False) as held:
+                if held:
+                    per_shard[k] = _verify_shard(shard, index_files[k])
+                else:
+                    busy.append(k)
+    for k in busy:
+        with _shard_lock(index_files[k] + ".lock", wait=True):
+            per_shard[k] = _verify_shard(shards[k], index_files[k])  # done by the holder, unless it failed
+    return per_shard
+
+
+def _nonempty(shard: str, records: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    if not records:
+        raise ImageNetFormatError(f"{shard}: shard holds no records")
+    return records
+
+
+def build_index(data_dir: str, split: str, index_dir: str | None = None, *,
+                verify: bool = False) -> RecordIndex:
+    """Index of all records of `split`; cached in `index_dir` (DALI's format) when one is given.
+
+    verify: check every record of every shard (length CRC, data CRC, complete) before indexing it,
+    raising TFRecordError naming the shard, the record's number and offset and what is wrong. For
+    readers that check nothing themselves (DALI). Cached: see the module docstring."""
     shards = find_shards(data_dir, split)
     index_files = None
     if index_dir is not None:
         folder = _cache_folder(index_dir, data_dir)
         os.makedirs(folder, exist_ok=True)
         index_files = [os.path.join(folder, os.path.basename(s) + ".idx") for s in shards]
+    if verify:
+        return RecordIndex(split, shards, _verified_index(shards, index_files), index_files)
     per_shard = []
     for k, shard in enumerate(shards):
         records = _cached_records(shard, index_files[k]) if index_files else None
         if records is None:
-            records = scan_records(shard)
-            if not records:
-                raise ImageNetFormatError(f"{shard}: shard holds no records")
+            records = _nonempty(shard, scan_records(shard))
             if index_files:
                 write_index(records, index_files[k])
         per_shard.append(records)

@@ -4,9 +4,13 @@ Records and protobuf messages are assembled byte by byte here, so the reader and
 against the formats themselves rather than against our own writer."""
 
 import io
+import json
 import os
 import random
+import re
 import struct
+import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -80,13 +84,13 @@ def test_reader_on_hand_built_records(tmp_path):
     assert tfrecord.read_index(index_path) == [(0, 25), (25, 16)]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda raw: raw[:14] + b"X" + raw[15:], "bad data CRC"),  # a payload byte
-    (lambda raw: b"\x0a" + raw[1:], "bad length CRC"),  # the length field
-    (lambda raw: raw[:30], "truncated record"),  # cut inside record 2's header
-    (lambda raw: raw[:20], "truncated record"),  # cut inside record 1's payload
+@pytest.mark.parametrize("damage, message, where", [
+    (lambda raw: raw[:14] + b"X" + raw[15:], "bad data CRC", "record 0 at offset 0"),  # a payload byte
+    (lambda raw: b"\x0a" + raw[1:], "bad length CRC", "record 0 at offset 0"),  # the length field
+    (lambda raw: raw[:30], "truncated record", "record 1 at offset 25"),  # cut inside record 2's header
+    (lambda raw: raw[:20], "truncated record", "record 0 at offset 0"),  # cut inside record 1's payload
 ])
-def test_damaged_shard_names_file(tmp_path, damage, message):
+def test_damaged_shard_names_file(tmp_path, damage, message, where):
     path = str(tmp_path / "train-00000-of-00001")
     with open(path, "wb") as f:
         f.write(damage(RECORD_1 + RECORD_2))
@@ -96,6 +100,41 @@ def test_damaged_shard_names_file(tmp_path, damage, message):
     if "CRC" not in message:  # the header scan sees truncation and length corruption too
         with pytest.raises(tfrecord.TFRecordError, match=message):
             tfrecord.scan_records(path)
+    with pytest.raises(tfrecord.TFRecordError, match=message) as error:  # the whole-shard check
+        tfrecord.verify_records(path)
+    assert str(error.value).startswith(f"{path}: ") and where in str(error.value)
+
+
+def test_bulk_data_crcs_match_the_definition():
+    rng = np.random.default_rng(7)
+    buffer = rng.integers(0, 256, 40_000, dtype=np.uint8)
+    lengths = np.array([0, 1, 3, 4, 5, 63, 64, 65, 1023, 1024, 1025, 2048, 4099, 9000], dtype=np.int64)
+    starts = rng.integers(0, len(buffer) - lengths.max(), len(lengths)).astype(np.int64)
+    crcs = tfrecord._data_crcs(buffer, starts, lengths)
+    assert crcs.tolist() == [crc32c_bitwise(buffer[s:s + n].tobytes()) for s, n in zip(starts, lengths)]
+
+
+def test_verify_records_checks_every_record_in_file_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(tfrecord, "_BULK_BATCH_BYTES", 3000)  # several batches, a batch boundary inside
+    rng = np.random.default_rng(8)
+    payloads = [rng.integers(0, 256, int(n), dtype=np.uint8).tobytes()
+                for n in (0, 2, 4, 1500, 70_001, 10, 3000, 2999, 1024, 5)]
+    path = str(tmp_path / "shard")
+    write_records(path, payloads)
+    records = tfrecord.scan_records(path)
+    assert tfrecord.verify_records(path) == records
+    raw = bytearray(open(path, "rb").read())
+    raw[records[6][0] + 12 + 1700] ^= 0x08  # record 6's data
+    raw[records[8][0] + 1] ^= 0x01  # record 8's length field
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(tfrecord.TFRecordError, match=f"bad data CRC in record 6 at offset {records[6][0]}"):
+        tfrecord.verify_records(path)  # not record 8's bad length, found first by the header walk
+    raw[records[6][0] + 12 + 1700] ^= 0x08
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(tfrecord.TFRecordError, match=f"bad length CRC in record 8 at offset {records[8][0]}"):
+        tfrecord.verify_records(path)
+    open(path, "wb").write(b"")
+    assert tfrecord.verify_records(path) == []
 
 
 def ld(field: int, payload: bytes) -> bytes:
@@ -199,6 +238,77 @@ def test_index_cache_is_dali_format_and_follows_the_shard(tmp_path):
     assert fmt.build_index(str(data), "train", cache).sizes.tolist() == [21]
 
 
+def test_verified_index_is_cached_and_follows_the_shard(tmp_path, monkeypatch):
+    data, cache = tmp_path / "data", str(tmp_path / "cache")
+    data.mkdir()
+    shard = str(data / "train-00000-of-00001")
+    write_records(shard, [b"a" * 10, b"b" * 5000])
+    verified = []
+    real_verify = fmt.verify_records
+    monkeypatch.setattr(fmt, "verify_records", lambda path: verified.append(path) or real_verify(path))
+    index = fmt.build_index(str(data), "train", cache, verify=True)
+    assert verified == [shard] and index.sizes.tolist() == [26, 5016]
+    assert open(index.index_files[0]).read() == "0 26\n26 5016\n"  # the same DALI index as unverified
+    record = json.load(open(index.index_files[0] + fmt.VERIFIED_SUFFIX))
+    assert record["records"] == 2 and record["shard"]["size"] == os.path.getsize(shard)
+    assert fmt.build_index(str(data), "train", cache, verify=True).sizes.tolist() == [26, 5016]
+    assert verified == [shard]  # cached: not read again
+    stat = os.stat(shard)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: checked again
+    fmt.build_index(str(data), "train", cache, verify=True)
+    assert verified == [shard] * 2
+    # Same size and mtime, a flipped bit in the last record: the hash of the shard's ends sees it.
+    stat = os.stat(shard)
+    raw = bytearray(open(shard, "rb").read())
+    raw[-100] ^= 0x01
+    open(shard, "wb").write(bytes(raw))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fmt.build_index(str(data), "train", cache).sizes.tolist() == [26, 5016]  # headers are fine
+    for _ in range(2):  # a failed check is not recorded as a pass
+        with pytest.raises(tfrecord.TFRecordError, match=re.escape(f"{shard}: bad data CRC in record 1 at offset 26")):
+            fmt.build_index(str(data), "train", cache, verify=True)
+    assert verified == [shard] * 4
+    # Without an index_dir every build checks everything.
+    with pytest.raises(tfrecord.TFRecordError, match="bad data CRC in record 1"):
+        fmt.build_index(str(data), "train", verify=True)
+
+
+def test_processes_building_one_verified_index_share_the_shards(tmp_path, monkeypatch):
+    """A shard whose lock another process holds is left to it and waited for at the end: here the
+    test plays that process for shard 0 (flock locks conflict between descriptors, threads too)."""
+    data, cache = tmp_path / "data", str(tmp_path / "cache")
+    data.mkdir()
+    shards = [str(data / fmt.shard_name("train", k, 3)) for k in range(3)]
+    for k, shard in enumerate(shards):
+        write_records(shard, [bytes([k]) * 100] * 3)
+    calls = []
+    real_verify = fmt.verify_records
+
+    def verify(path):
+        calls.append((threading.current_thread().name, os.path.basename(path)))
+        return real_verify(path)
+
+    monkeypatch.setattr(fmt, "verify_records", verify)
+    index_files = [os.path.join(fmt._cache_folder(cache, str(data)), os.path.basename(s) + ".idx")
+                   for s in shards]
+    os.makedirs(os.path.dirname(index_files[0]))
+    result = {}
+    with fmt._shard_lock(index_files[0] + ".lock", wait=False) as held:
+        assert held
+        worker = threading.Thread(target=lambda: result.update(
+            index=fmt.build_index(str(data), "train", cache, verify=True)), name="worker")
+        worker.start()
+        deadline = time.time() + 30
+        while len(calls) < 2 and time.time() < deadline:  # the worker does shards 1 and 2 meanwhile
+            time.sleep(0.01)
+        assert worker.is_alive()  # and then waits for shard 0
+        fmt._verify_shard(shards[0], index_files[0])
+    worker.join(30)
+    names = [os.path.basename(shard) for shard in shards]
+    assert sorted(calls) == [("MainThread", names[0]), ("worker", names[1]), ("worker", names[2])]
+    assert len(result["index"]) == 9
+
+
 def test_sample_distorted_bounding_box_semantics():
     rng = random.Random(0)
     box = np.array([[0.5, 0.5, 0.9, 0.9]])  # ymin, xmin, ymax, xmax
@@ -287,6 +397,11 @@ def test_converter_on_fake_folder_tree(tmp_path):
     expect = ["--data-dir", str(out), "--train-records", "5", "--val-records", "3", "--train-shards",
               "2", "--val-shards", "1", "--num-classes", "3", "--workers", "1"]
     assert verify_dataset.main(expect) == 0
+    index_dir = tmp_path / "index"  # --index-dir: the DALI loader's verified indexes, built offline
+    assert verify_dataset.main(expect + ["--index-dir", str(index_dir)]) == 0
+    assert sorted(p.name for p in index_dir.glob("*/*.verified")) == [
+        "train-00000-of-00002.idx.verified", "train-00001-of-00002.idx.verified",
+        "validation-00000-of-00001.idx.verified"]
     shard = out / "train-00001-of-00002"
     raw_bytes = bytearray(shard.read_bytes())
     raw_bytes[-10] ^= 0xFF

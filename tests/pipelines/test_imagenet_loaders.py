@@ -2,6 +2,8 @@
 DALI CPU pipelines against it."""
 
 import io
+import os
+import re
 
 import pytest
 import torch
@@ -143,7 +145,81 @@ def test_loader_errors_name_the_file(tmp_path):
     assert path in str(error.value)
 
 
+def _label_byte(payload: bytes, label: int) -> int:
+    """Position in a synthetic record's payload of its label's varint (one byte: labels < 128)."""
+    key = fmt.LABEL_KEY.encode()
+    at = payload.index(key) + len(key)
+    # Feature map value {Feature {Int64List {packed [label]}}}: tag, length, tag, length, tag, length.
+    assert payload[at:at + 7:2] == bytes([0x12, 0x1A, 0x0A, label]), payload[at:at + 7]
+    return at + 6
+
+
+def _damage_shard(path: str, damage: str) -> int:
+    """Damage one record of a shard; returns its offset."""
+    records = tfrecord.scan_records(path)
+    raw = bytearray(open(path, "rb").read())
+    if damage == "label bit":  # the lowest bit of a label >= 2: still a valid label, only the CRC knows
+        for offset, size in records:
+            payload = bytes(raw[offset + 12:offset + size - 4])
+            label = fmt.decode_image_example(payload, path).label + 1
+            if label >= 2:
+                break
+        raw[offset + 12 + _label_byte(payload, label)] ^= 0x01
+        payload = bytes(raw[offset + 12:offset + size - 4])
+        assert fmt.decode_image_example(payload, path).label + 1 == label ^ 1  # parses, wrong label
+    elif damage == "image bit":  # inside the JPEG's entropy-coded data: decodes, to other pixels
+        offset, size = records[0]
+        payload = bytes(raw[offset + 12:offset + size - 4])
+        jpeg = fmt.decode_image_example(payload, path).jpeg
+        raw[offset + 12 + payload.index(jpeg) + len(jpeg) // 2] ^= 0x10
+    elif damage == "length bit":
+        offset = records[1][0]
+        raw[offset + 2] ^= 0x04  # the record's length field
+    else:  # truncated: the shard ends halfway through its last record
+        offset, size = records[-1]
+        raw = raw[:offset + size // 2]
+    open(path, "wb").write(bytes(raw))
+    return offset
+
+
+# The corruption DALI cannot see (it checks no CRC): each loader must refuse the shard and name it, the
+# torch loader when it reads the record, DALI when its loader is built (the index verification).
+@pytest.mark.parametrize("damage, message", [("label bit", "bad data CRC"), ("image bit", "bad data CRC"),
+                                             ("length bit", "bad length CRC"), ("truncated", "truncated record")])
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_corrupt_shard_fails_naming_the_shard(tmp_path, loader, damage, message):
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali")
+    data = str(tmp_path / "data")
+    write_synthetic_imagenet(data, num_classes=4, train_per_class=2, val_per_class=4, num_train_shards=1,
+                             num_val_shards=2, min_side=24, max_side=32, seed=5)
+    shard = os.path.join(data, fmt.shard_name("validation", 1, 2))
+    offset = _damage_shard(shard, damage)
+    index_dir = str(tmp_path / "index")
+    with pytest.raises(tfrecord.TFRecordError, match=message) as error:
+        if loader == "torch":
+            list(build_eval_loader(data, batch_size=3, rank=0, world_size=1, image_size=IMAGE_SIZE,
+                                   resize_size=RESIZE_SIZE, num_workers=0, index_dir=index_dir))
+        else:
+            dali_eval(data, index_dir, world_size=1, rank=0)  # building it is enough
+    assert str(error.value).startswith(f"{shard}: ") and f"at offset {offset}" in str(error.value)
+
+
 # --- DALI (CPU operators) -------------------------------------------------------------------------
+
+def test_dali_train_loader_verifies_its_shards_too(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from pipelines.imagenet.dali import build_dali_train_loader
+    data = str(tmp_path / "data")
+    write_synthetic_imagenet(data, num_classes=2, train_per_class=4, val_per_class=1, num_train_shards=2,
+                             num_val_shards=1, min_side=24, max_side=32, seed=5)
+    shard = os.path.join(data, fmt.shard_name("train", 0, 2))
+    offset = _damage_shard(shard, "label bit")
+    message = re.escape(f"{shard}: bad data CRC in record ") + rf"\d+ at offset {offset} "
+    with pytest.raises(tfrecord.TFRecordError, match=message):
+        build_dali_train_loader(data, global_batch_size=4, rank=0, world_size=1, image_size=IMAGE_SIZE,
+                                seed=0, index_dir=str(tmp_path / "index"), num_threads=1, device="cpu")
+
 
 def dali_eval(data_dir, index_dir, *, world_size, rank, batch_size=8):
     from pipelines.imagenet.dali import build_dali_eval_loader

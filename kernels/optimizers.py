@@ -289,7 +289,7 @@ class FusedLAMB(FlatOptimizer):
         if units is not None:
             pieces.append(torch.zeros(1, device=layout.device))  # the shared blocks' unit U
         scale = torch.cat(pieces).float()
-        for group, first, count, _, _ in groups:
+        for _group, first, count, _, _ in groups:
             K.scaled_sub(unit_layout, flat.param, u, scale, unit_active, first, count)
         if shared is not None:
             w_shared, u_shared, keep = shared

@@ -132,7 +132,7 @@ def main() -> None:
         torch.manual_seed(0)
         steps, rows = make_steps(cfg, mode, sequences, a.seq, a.predictions, device)
         times = {name: [] for name in steps}
-        for name, step in steps.items():
+        for _name, step in steps.items():
             for _ in range(a.warmup):
                 step()
             sync()

@@ -31,16 +31,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import cpu_name  # noqa: E402 (perf_tests/machine.py, beside this script)
 
 from pipelines.criteo import format as fmt  # noqa: E402
 from pipelines.criteo.loader import CriteoReader, TrainBatches  # noqa: E402
-from machine import cpu_name  # noqa: E402 (perf_tests/machine.py, beside this script)
 
 
 def rate(batches, samples_per_batch: int, seconds_cap: float = 30.0) -> float:
     """Samples/s over the batches after the first (which pays for opening files and first page faults)."""
     count, start = 0, None
-    for i, _ in enumerate(batches):
+    for _i, _ in enumerate(batches):
         if start is None:
             start = time.perf_counter()
             continue

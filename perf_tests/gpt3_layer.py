@@ -35,8 +35,8 @@ def measure(precision: str, layers: int, mbs: int, iters: int, warmup: int) -> t
     from megatron.core.transformer.transformer_block import TransformerBlock
 
     from models.gpt3.config import dgxh100_64x8
-    from runtime.mcore.fp8_linear import update_fp8_scales
     from models.gpt3.model import layer_spec, te_available, transformer_config
+    from runtime.mcore.fp8_linear import update_fp8_scales
 
     cfg = dgxh100_64x8()
     use_te = te_available()
@@ -80,15 +80,16 @@ def main(argv=None) -> int:
         print("gpt3_layer: needs a CUDA GPU (none here); nothing measured", file=sys.stderr)
         return 2
     from models.gpt3.model import te_available
-    from runtime.mcore.parallelize import init_megatron
     from models.gpt3.plan import PEAK_TFLOPS
+    from runtime.mcore.parallelize import init_megatron
     from runtime.parallel import ParallelLayout
 
     name = torch.cuda.get_device_name()
     gpu = args.gpu or ("H200" if "H200" in name else "H100")
     init_megatron(ParallelLayout(1, 0), 1, 1234)
     print(f"# GPT-3 layer stack on {name}: {args.layers} layers, h=12288, s=2048, mbs={args.mbs}, "
-          f"TE={'yes' if te_available() else 'no (local spec; fp8 through torch._scaled_mm)'}, torch {torch.__version__}\n")
+          f"TE={'yes' if te_available() else 'no (local spec; fp8 through torch._scaled_mm)'}, "
+          f"torch {torch.__version__}\n")
     print("| precision | ms / micro-batch | tokens/s per GPU | model TFLOP/s | % of dense peak | peak mem GiB |")
     print("|---|---|---|---|---|---|")
     for precision in args.precision.split(","):
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
         # Tokens/s for the whole 96-layer model: the stack's time scaled to 96 layers.
         tokens = args.mbs * 2048 / (seconds * 96 / args.layers)
         peak = PEAK_TFLOPS[gpu]["fp8" if precision == "fp8" else "bf16"]
-        print(f"| {precision} | {seconds * 1e3:.2f} | {tokens:.0f} | {tflops:.1f} | {100 * tflops / peak:.1f} | {mem:.1f} |")
+        print(f"| {precision} | {seconds * 1e3:.2f} | {tokens:.0f} | {tflops:.1f} | {100 * tflops / peak:.1f} "
+              f"| {mem:.1f} |")
     return 0
 
 

@@ -23,12 +23,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from machine import cpu_name  # noqa: E402 (perf_tests/machine.py, beside this script)
 from torch.utils.data import DataLoader  # noqa: E402
 
 from pipelines.imagenet.format import build_index  # noqa: E402
 from pipelines.imagenet.loader import build_train_loader  # noqa: E402
 from pipelines.imagenet.synthetic import write_synthetic_imagenet  # noqa: E402
-from machine import cpu_name  # noqa: E402 (perf_tests/machine.py, beside this script)
 
 
 def images_per_second(batches, epochs: int, set_epoch=None) -> float:

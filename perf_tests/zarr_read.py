@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from machine import cpu_name  # noqa: E402 (perf_tests/machine.py, beside this script)
+
 from runtime.mcore.zarr_array import ZarrArray, write_zarr  # noqa: E402
 
 
@@ -77,12 +77,12 @@ def main(argv=None) -> int:
                 return 1
             nbytes = a.nbytes
             del a, b
-            t_ours = best(lambda: ours.read(region), args.repeats)
-            t_zarr = best(lambda: theirs[region], args.repeats)
+            t_ours = best(lambda region=region: ours.read(region), args.repeats)
+            t_zarr = best(lambda region=region: theirs[region], args.repeats)
             first, last = region[1].start // (R // 2), (region[1].stop - 1) // (R // 2)
             files = [f for f in chunk_files if first <= int(f.rsplit(".", 2)[-2]) <= last]
 
-            def raw():
+            def raw(files=files):
                 return [np.fromfile(f, dtype=np.float32) for f in files]
 
             t_raw = best(raw, args.repeats)

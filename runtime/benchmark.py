@@ -209,5 +209,5 @@ class Benchmark(abc.ABC):
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: a no-op unless a benchmark overrides it
         """Release data loader workers and the like."""

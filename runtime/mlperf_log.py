@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-from mlperf_logging.mllog.mllog import MLLogger as _MLLogger
 from mlperf_logging.mllog import constants
+from mlperf_logging.mllog.mllog import MLLogger as _MLLogger
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -33,7 +33,6 @@ from runtime.data_parallel_benchmark import DataParallelBenchmark
 from runtime.schedule import Block
 
 
-
 def lamb_lr(step: int, *, base_lr: float, warmup_steps: int, start_warmup_step: int, training_steps: int) -> float:
     """The reference's schedule at 0-based `step` (the update it is used for): a linear decay from
     base_lr to 0 at training_steps, replaced by base_lr * (step - start_warmup_step) / warmup_steps

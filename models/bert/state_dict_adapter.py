@@ -9,18 +9,23 @@ np.savez('model.ckpt-28252.npz', **{n: r.get_tensor(n) for n, _ in tf.train.list
 
 `load_checkpoint` then reads it (np.load, no pickle) and maps it to this model's names:
 
-    TF                                                   HF BertForPreTraining                  ours
-    bert/embeddings/word_embeddings                      bert.embeddings.word_embeddings.weight  embeddings.word.weight
-    bert/embeddings/LayerNorm/gamma|beta                 bert.embeddings.LayerNorm.weight|bias   embeddings.norm.*
-    bert/encoder/layer_i/attention/self/query/kernel^T   ...layer.i.attention.self.query.weight  layers.i.qkv.weight rows [0, H)
+    TF                                            HF BertForPreTraining                   ours
+    bert/embeddings/word_embeddings               bert.embeddings.word_embeddings.weight  embeddings.word.weight
+    bert/embeddings/LayerNorm/gamma|beta          bert.embeddings.LayerNorm.weight|bias   embeddings.norm.*
+    bert/encoder/layer_i/attention/self/          ...layer.i.attention.self.query.weight  layers.i.qkv.weight
+        query/kernel^T                                                                    rows [0, H)
         (key, value: rows [H, 2H), [2H, 3H); biases alike)
-    .../attention/output/dense/kernel^T | LayerNorm      ...attention.output.dense | LayerNorm   layers.i.attention_output | attention_norm
-    .../intermediate/dense/kernel^T, bias                ...intermediate.dense.weight, bias      layers.i.intermediate.weight, intermediate_bias
-    .../output/dense/kernel^T | LayerNorm                ...output.dense | output.LayerNorm      layers.i.output | output_norm
-    bert/pooler/dense/kernel^T                           bert.pooler.dense.weight                heads.pooler.weight
-    cls/predictions/transform/dense | LayerNorm          cls.predictions.transform.dense | ...   heads.transform | transform_norm
-    cls/predictions/output_bias                          cls.predictions.bias                    heads.decoder_bias
-    cls/seq_relationship/output_weights (no ^T), _bias   cls.seq_relationship.weight, bias       heads.nsp.weight, bias
+    .../attention/output/dense/kernel^T |         ...attention.output.dense | LayerNorm   layers.i.attention_output |
+        LayerNorm                                                                         attention_norm
+    .../intermediate/dense/kernel^T, bias         ...intermediate.dense.weight, bias      layers.i.intermediate.weight,
+                                                                                          intermediate_bias
+    .../output/dense/kernel^T | LayerNorm         ...output.dense | output.LayerNorm      layers.i.output | output_norm
+    bert/pooler/dense/kernel^T                    bert.pooler.dense.weight                heads.pooler.weight
+    cls/predictions/transform/dense | LayerNorm   cls.predictions.transform.dense | ...   heads.transform |
+                                                                                          transform_norm
+    cls/predictions/output_bias                   cls.predictions.bias                    heads.decoder_bias
+    cls/seq_relationship/output_weights           cls.seq_relationship.weight, bias       heads.nsp.weight, bias
+        (no ^T), _bias
 
 TF dense kernels are [in, out] and are transposed; the MLM decoder is tied to the word embeddings in
 all three. Optimizer variables (LAMB's slots `<var>/LAMB`, `<var>/LAMB_1` and `beta1_power`, `beta2_power`;

@@ -27,14 +27,14 @@ import torch
 import torch.distributed as dist
 from mlperf_logging.mllog import constants
 
-from runtime.mcore import checkpointing
 from models.gpt3.config import GPT3Config, allowed_learning_rates, closed_learning_rate
-from runtime.mcore.fp8_linear import reset_fp8_state, update_fp8_scales
 from models.gpt3.model import build_model_chunks, te_available, transformer_config
-from runtime.mcore.parallelize import build_optimizer, destroy_megatron, init_megatron, wrap_ddp
 from models.gpt3.reference_checkpoint import load_reference_checkpoint, write_synthetic_reference_checkpoint
 from runtime import schedule
 from runtime.benchmark import Benchmark, RunContext
+from runtime.mcore import checkpointing
+from runtime.mcore.fp8_linear import reset_fp8_state, update_fp8_scales
+from runtime.mcore.parallelize import build_optimizer, destroy_megatron, init_megatron, wrap_ddp
 from runtime.mcore.pipeline import from_last_stage, is_last_stage, run_schedule
 from runtime.schedule import Block
 
@@ -75,7 +75,8 @@ class GPT3Benchmark(Benchmark):
         self.num_microbatches = t.global_batch_size // (layout.dp * t.micro_batch_size)
         vpp = t.virtual_pp if layout.pp > 1 else 1
         if vpp > 1 and self.num_microbatches % layout.pp:
-            raise ValueError(f"interleaved 1F1B needs micro-batches ({self.num_microbatches}) divisible by pp={layout.pp}")
+            raise ValueError(f"interleaved 1F1B needs micro-batches ({self.num_microbatches}) "
+                             f"divisible by pp={layout.pp}")
         self.base_lr = o.base_lr or closed_learning_rate(t.global_batch_size)
         gbs = t.global_batch_size
         self.warmup_steps = math.ceil(o.warmup_samples / gbs)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from mlperf_logging.mllog import constants
 
-from models.resnet.config import ResNetConfig
 from kernels.optimizers import FusedLARS
+from models.resnet.config import ResNetConfig
 from models.resnet.lars import poly_decay_steps, poly_warmup_lr
 from models.resnet.model import build_resnet, lars_param_groups
 from models.resnet.parallelize import parallelize
@@ -23,7 +23,6 @@ from runtime.benchmark import RunContext
 from runtime.data_parallel import unwrap
 from runtime.data_parallel_benchmark import DataParallelBenchmark
 from runtime.schedule import Block
-
 
 
 def write_synthetic_data(cfg: ResNetConfig, out_dir: str) -> None:

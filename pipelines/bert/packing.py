@@ -116,7 +116,10 @@ def build_batch(sequences: list[Sequence], row_tokens: int, max_predictions: int
             bounds.append((row + 1) * T)  # the padding run
     bounds += [R * T] * (R * (max_per_row + 1) + 1 - len(bounds))
     as_tensor = torch.from_numpy
-    flat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64))
+
+    def flat(parts):
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
     return PretrainingBatch(as_tensor(input_ids), as_tensor(segment_ids), as_tensor(position_ids),
                             as_tensor(sequence_ids.astype(np.int32)), as_tensor(flat(mlm_positions)),
                             as_tensor(flat(mlm_labels)), as_tensor(nsp_positions), as_tensor(nsp_labels),

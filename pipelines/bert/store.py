@@ -34,8 +34,13 @@ import shutil
 
 import numpy as np
 
-from pipelines.bert.format import (LABEL_FEATURE, MAX_PREDICTIONS_PER_SEQ, MAX_SEQ_LENGTH, BertFormatError,
-                                   decode_pretraining_example)
+from pipelines.bert.format import (
+    LABEL_FEATURE,
+    MAX_PREDICTIONS_PER_SEQ,
+    MAX_SEQ_LENGTH,
+    BertFormatError,
+    decode_pretraining_example,
+)
 from pipelines.tfrecord import ExampleError, TFRecordError, iter_records
 
 FORMAT = "mlperf-bert-unpadded-v1"

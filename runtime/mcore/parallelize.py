@@ -111,7 +111,8 @@ class ReplicatedAdamW:
             p.grad = p.main_grad.to(p.dtype)
             grads.append(p.grad)
         counted = [p.grad for p in self.params if param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p)]
-        sq = torch.stack([g.double().square().sum() for g in counted]).sum() if counted else torch.zeros((), dtype=torch.float64)
+        sq = (torch.stack([g.double().square().sum() for g in counted]).sum() if counted
+              else torch.zeros((), dtype=torch.float64))
         if dist.is_initialized() and parallel_state.get_model_parallel_group().size() > 1:
             dist.all_reduce(sq, group=parallel_state.get_model_parallel_group())
         norm = sq.sqrt()

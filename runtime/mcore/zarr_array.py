@@ -14,8 +14,8 @@ extension) and read as raw 16-bit words reinterpreted by torch.
 
 A rank reads only the chunks its region touches, so a 175B model's TP/PP shard is read without reading
 the whole checkpoint; where the part of a raw chunk it needs is one contiguous run of bytes (a TP shard of
-rows always is), only those bytes are read, straight into the result. Any inconsistency (missing or short chunk file, unknown dtype, bad header) raises
-ZarrError naming the file.
+rows always is), only those bytes are read, straight into the result. Any inconsistency (missing or short
+chunk file, unknown dtype, bad header) raises ZarrError naming the file.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class ZarrArray:
             raise ZarrError(f"{header}: chunks {self.chunks} do not fit shape {self.shape}")
         self.dtype = _DTYPES[meta["dtype"]]
         self.separator = meta.get("dimension_separator", ".")
-        self._codecs = [c for c in (meta.get("filters") or [])] + ([meta["compressor"]] if meta.get("compressor") else [])
+        self._codecs = ([c for c in (meta.get("filters") or [])]
+                        + ([meta["compressor"]] if meta.get("compressor") else []))
 
     def _decode(self, raw: bytes, chunk_file: str) -> bytes:
         if not self._codecs:
@@ -79,7 +80,8 @@ class ZarrArray:
         try:
             import numcodecs
         except ImportError:
-            raise ZarrError(f"{chunk_file}: compressed with {self._codecs}, which needs the numcodecs package") from None
+            raise ZarrError(f"{chunk_file}: compressed with {self._codecs}, "
+                            "which needs the numcodecs package") from None
         for codec in reversed(self._codecs):  # filters were applied first, the compressor last
             raw = numcodecs.get_codec(codec).decode(raw)
         return bytes(raw)
@@ -164,7 +166,7 @@ class ZarrArray:
         if len(region) != len(self.shape):
             raise ZarrError(f"{self.path}: region of {len(region)} dims for an array of shape {self.shape}")
         bounds = []
-        for d, (sl, size) in enumerate(zip(region, self.shape)):
+        for _d, (sl, size) in enumerate(zip(region, self.shape)):
             start, stop, step = sl.indices(size)
             if step != 1 or (sl.stop is not None and sl.stop > size):
                 raise ZarrError(f"{self.path}: region {region} is outside shape {self.shape}")

@@ -28,9 +28,9 @@ def test_bias_gelu(dtype, shape, approximate):
 def test_without_bias_and_large_inputs():
     x = torch.tensor([[-60.0, -9.0, -1e-4, 0.0, 1e-4, 9.0, 60.0]], device=DEVICE)
     for approximate in ("none", "tanh"):
-        check_forward_backward(lambda x: bias_gelu(x, None, approximate),
-                               lambda x: F.gelu(x, approximate=approximate),
-                               lambda x: bias_gelu_ref(x, None, approximate), [x])
+        check_forward_backward(lambda x, approximate=approximate: bias_gelu(x, None, approximate),
+                               lambda x, approximate=approximate: F.gelu(x, approximate=approximate),
+                               lambda x, approximate=approximate: bias_gelu_ref(x, None, approximate), [x])
 
 
 def test_rejects_unknown_approximation():

@@ -66,7 +66,8 @@ def test_lars_matches_resnet_lars():
 
 def test_lars_state_dicts_interchange_with_resnet_lars():
     for source, target_cls in ((LARS, FusedLARS), (FusedLARS, LARS)):
-        params, trained = _train(lambda ps: source(_lars_groups(ps), **LARS_ARGS), torch.float32, steps=2)
+        params, trained = _train(lambda ps, source=source: source(_lars_groups(ps), **LARS_ARGS), torch.float32,
+                                 steps=2)
         resumed_params = [nn.Parameter(p.detach().clone()) for p in params]
         resumed = target_cls(_lars_groups(resumed_params), **LARS_ARGS)
         # a checkpoint's copy: torch's loader would alias a live optimizer's tensors of the same dtype

@@ -17,8 +17,8 @@ import zarr
 
 from models.gpt3.config import debug
 from models.gpt3.model import build_model_chunks, transformer_config
-from runtime.mcore.parallelize import build_optimizer, init_megatron, wrap_ddp
 from models.gpt3.reference_checkpoint import load_reference_checkpoint
+from runtime.mcore.parallelize import build_optimizer, init_megatron, wrap_ddp
 from runtime.parallel import ParallelLayout
 
 LAYER_NAMES = {"input_layernorm": "input_layernorm", "pre_mlp_layernorm": "post_attention_layernorm",

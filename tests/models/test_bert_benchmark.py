@@ -3,12 +3,8 @@ to target are in tests/test_benchmark_contract.py)."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-
 import pytest
-from conftest import REPO, read_events, read_metrics
+from conftest import read_events, read_metrics
 
 CLOSED_BERT_KEYS = ("global_batch_size", "opt_base_learning_rate", "opt_lamb_epsilon",
                     "opt_learning_rate_training_steps", "opt_learning_rate_warmup_steps", "num_warmup_steps",

@@ -13,8 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from models.bert.model import BertModelConfig, build_bert, parameter_count, pretraining_loss  # noqa: E402
-from models.bert.state_dict_adapter import (CheckpointError, from_hf, load_checkpoint, load_into,  # noqa: E402
-                                            to_hf)
+from models.bert.state_dict_adapter import CheckpointError, from_hf, load_checkpoint, load_into, to_hf  # noqa: E402
 from pipelines.bert.packing import build_batch, random_sequences  # noqa: E402
 
 TINY = BertModelConfig(vocab_size=97, hidden_size=48, num_layers=2, num_heads=4, intermediate_size=80,
@@ -64,7 +63,8 @@ def _hf_logits(hf_model, sequences, T):
         mask[i, :len(tokens)] = 1
     with torch.no_grad():
         out = hf_model(input_ids=ids, token_type_ids=segments, attention_mask=mask)
-    mlm = torch.cat([out.prediction_logits[i, torch.as_tensor(s[2], dtype=torch.long)] for i, s in enumerate(sequences)])
+    mlm = torch.cat([out.prediction_logits[i, torch.as_tensor(s[2], dtype=torch.long)]
+                     for i, s in enumerate(sequences)])
     return mlm, out.seq_relationship_logits
 
 

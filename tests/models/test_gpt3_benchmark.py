@@ -1,11 +1,10 @@
 """GPT-3 debug runs on gloo: TP=2 (with and without SP), PP=2 and interleaved PP=2 each match the one-process
 losses; resume across layouts (DP=2, same-layout resume and the run to target: tests/test_benchmark_contract.py)."""
 
-import re
 import subprocess
 
 import pytest
-from conftest import REPO, compliance, read_metrics, spawn_ranks, train_command
+from conftest import REPO, read_metrics, spawn_ranks, train_command
 
 from runtime.loop import EXIT_NOT_CONVERGED
 
@@ -58,7 +57,8 @@ def _run(ranks, data, run_dir, *args):
     return [p.returncode for p in procs], "\n".join(outs)
 
 
-@pytest.mark.parametrize("ranks,first,then,rel", [(2, ["parallel.tp=2"], ["parallel.pp=2", "train.virtual_pp=2"], 1e-4)],
+@pytest.mark.parametrize("ranks,first,then,rel",
+                         [(2, ["parallel.tp=2"], ["parallel.pp=2", "train.virtual_pp=2"], 1e-4)],
                          ids=["tp2_then_pp2_interleaved"])
 def test_resume_gives_the_same_next_losses(gpt3_debug_data, single_process, tmp_path, ranks, first, then, rel):
     """megatron dist_checkpointing: the step counter, LR schedule, Adam moments and sample order all continue,

@@ -120,9 +120,10 @@ def _assert_close_fp32(name, got, want, ulps):
 
 def triton_path_check() -> None:
     """Run in a fresh process with TRITON_INTERPRET=1 (see the test below)."""
+    from megatron.core import tensor_parallel
+
     import kernels.bias_dropout_add as bda
     import kernels.cross_entropy_parallel as cep
-    from megatron.core import tensor_parallel
 
     spies = {}
     for module, name in ((bda, "_bda_fwd_kernel"), (bda, "_bda_bwd_kernel"), (cep, "_shard_stats_kernel"),

@@ -10,8 +10,15 @@ from conftest import REPO, spawn_ranks
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
 from models.gpt3.config import debug, dgxh100_64x8
-from models.gpt3.reference_checkpoint import (ReferenceCheckpointError, _Reader, adam_step, read_common,
-                                              reference_key, reference_shapes, write_synthetic_reference_checkpoint)
+from models.gpt3.reference_checkpoint import (
+    ReferenceCheckpointError,
+    _Reader,
+    adam_step,
+    read_common,
+    reference_key,
+    reference_shapes,
+    write_synthetic_reference_checkpoint,
+)
 from runtime.mcore.zarr_array import write_zarr
 
 zarr = pytest.importorskip("zarr")
@@ -121,7 +128,8 @@ def test_common_pt_is_read_weights_only_and_checked(tmp_path, synthetic_checkpoi
     with pytest.raises(ReferenceCheckpointError, match="no common.pt"):
         read_common(str(tmp_path))
     (tmp_path / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist"}))
-    with pytest.raises(ReferenceCheckpointError, match="sharded_backend 'torch_dist', the reference checkpoint is 'zarr'"):
+    with pytest.raises(ReferenceCheckpointError,
+                       match="sharded_backend 'torch_dist', the reference checkpoint is 'zarr'"):
         read_common(str(tmp_path))
 
 
@@ -176,7 +184,8 @@ def _legacy_megatron_log_ppl(ckpt, data_dir, m, qkv_order="head_major"):
         "self_attention.query_key_value.bias", "self_attention.dense.weight", "self_attention.dense.bias",
         "post_attention_layernorm.weight", "post_attention_layernorm.bias", "mlp.dense_h_to_4h.weight",
         "mlp.dense_h_to_4h.bias", "mlp.dense_4h_to_h.weight", "mlp.dense_4h_to_h.bias")}
-    wte, wpe = arr("language_model.embedding.word_embeddings.weight"), arr("language_model.embedding.position_embeddings.weight")
+    wte = arr("language_model.embedding.word_embeddings.weight")
+    wpe = arr("language_model.embedding.position_embeddings.weight")
     lnf = arr("language_model.encoder.final_layernorm.weight"), arr("language_model.encoder.final_layernorm.bias")
     ln = lambda x, w, b: torch.nn.functional.layer_norm(x, (h,), w, b, eps=m.layernorm_epsilon)  # noqa: E731
 
@@ -225,11 +234,13 @@ def test_megatron_evaluates_the_checkpoint_as_legacy_megatron_would(gpt3_debug_d
     expected = _legacy_megatron_log_ppl(trained_looking_checkpoint, gpt3_debug_data, m)
     wrong = _legacy_megatron_log_ppl(trained_looking_checkpoint, gpt3_debug_data, m, qkv_order="qkv_major")
     assert abs(wrong - expected) > 1e-3 * expected  # 100x the tolerance below: the readings are told apart
-    cmd = train_command("gpt3", gpt3_debug_data, tmp_path, "--eval-only", f"data.init_checkpoint={trained_looking_checkpoint}",
-                        f"data.index_cache_dir={tmp_path}", *layout)
+    cmd = train_command("gpt3", gpt3_debug_data, tmp_path, "--eval-only",
+                        f"data.init_checkpoint={trained_looking_checkpoint}", f"data.index_cache_dir={tmp_path}",
+                        *layout)
     procs = spawn_ranks(ranks, cmd)
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * ranks, "\n".join(o[-3000:] for o in outs)
-    value = float(next(line for line in outs[0].splitlines() if line.startswith("EVAL,gpt3,log_perplexity,")).split(",")[-1])
+    value = float(next(line for line in outs[0].splitlines()
+                       if line.startswith("EVAL,gpt3,log_perplexity,")).split(",")[-1])
     assert value == pytest.approx(expected, rel=1e-5), (value, expected, wrong)
     assert not (tmp_path / "mlperf_log.txt").exists()  # an evaluation is not a run

@@ -151,7 +151,8 @@ def test_ranks_split_each_global_batch_and_resume_is_exact(corpus):
     for step, batches in zip((0, 1, 2, 5, 1), served):
         assert len(batches) == 2 and sum(b.num_sequences for b in batches) == 8
         for got, want in zip(batches, loader.build(step)):
-            assert all(torch.equal(getattr(got, f), getattr(want, f)) for f in ("input_ids", "mlm_labels", "nsp_labels"))
+            assert all(torch.equal(getattr(got, f), getattr(want, f))
+                       for f in ("input_ids", "mlm_labels", "nsp_labels"))
     evaluation = [EvalBatches(store, dp_rank=r, dp_size=3, batch_sequences=50, max_per_row=2) for r in range(3)]
     assert sum(sum(b.num_sequences for b in e) for e in evaluation) == len(store)
 
@@ -162,14 +163,15 @@ def test_packed_layout():
     assert batch.num_rows % 4 == 0 and batch.num_sequences == 9
     ids, seq, pos = batch.input_ids, batch.sequence_ids, batch.position_ids
     assert int(seq.max()) <= 2
-    for i, (tokens, b_start, positions, labels, nsp) in enumerate(sequences):
+    for i, (tokens, b_start, _positions, _labels, nsp) in enumerate(sequences):
         flat = int(batch.nsp_positions[i])
         row, start = divmod(flat, 100)
         span = slice(start, start + len(tokens))
         assert torch.equal(ids[row, span], torch.as_tensor(tokens))
         assert torch.equal(pos[row, span], torch.arange(len(tokens)))
         assert len(set(seq[row, span].tolist())) == 1 and int(seq[row, start]) > 0
-        assert int(batch.segment_ids[row, start + b_start - 1]) == 0 and int(batch.segment_ids[row, start + b_start]) == 1
+        assert (int(batch.segment_ids[row, start + b_start - 1]) == 0
+                and int(batch.segment_ids[row, start + b_start]) == 1)
         assert int(batch.nsp_labels[i]) == nsp
     assert int(batch.mlm_positions.numel()) == sum(len(s[2]) for s in sequences)
     flat_ids = ids.reshape(-1)

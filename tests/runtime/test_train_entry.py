@@ -57,7 +57,8 @@ def test_cache_clear_is_true_only_when_the_launcher_dropped_the_cache(resnet_deb
     for name, env in (("plain", {}), ("dropped", {"MLPERF_CACHE_CLEARED": "1"})):
         r = _train(resnet_debug_data, tmp_path / name, "run.max_steps=1", env=env, timeout=300)
         assert r.returncode == 3, r.stderr[-2000:]
-        values.append([e["value"] for e in read_events(tmp_path / name / "mlperf_log.txt") if e["key"] == "cache_clear"])
+        values.append([e["value"] for e in read_events(tmp_path / name / "mlperf_log.txt")
+                       if e["key"] == "cache_clear"])
     assert values == [[False], [True]]
 
 

@@ -16,7 +16,6 @@ import os
 import sys
 
 from models.gpt3.reference_checkpoint import read_common, reference_shapes
-from runtime import config as config_lib
 from runtime.benchmark import load_spec
 from runtime.mcore.zarr_array import ZarrArray, ZarrError
 

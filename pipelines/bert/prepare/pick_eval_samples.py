@@ -12,8 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.bert.format import (EVAL_SAMPLES, MAX_PREDICTIONS_PER_SEQ, MAX_SEQ_LENGTH, BertFormatError,
-                                   decode_pretraining_example)
+from pipelines.bert.format import (
+    EVAL_SAMPLES,
+    MAX_PREDICTIONS_PER_SEQ,
+    MAX_SEQ_LENGTH,
+    BertFormatError,
+    decode_pretraining_example,
+)
 from pipelines.tfrecord import ExampleError, TFRecordWriter, iter_records
 
 

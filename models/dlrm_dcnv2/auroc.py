@@ -13,6 +13,10 @@ Two ways to the sorted order, same result:
     int64 key; numpy sorts the keys alone (no int64 index array, no gather). Same speed as the torch path
     on 2 cores (20.4 s vs 21.4 s for 89,137,319 scores; scikit-learn 46.4 s: perf_tests/results/dlrm_cpu.md),
     with less memory.
+
+Non-finite scores (NaN, +-inf) have no place in a ranking: they come from a diverged model, and sorting them
+anyway gave a finite AUROC that depended on where they sat. `binary_auroc` returns NaN for them (scikit-learn
+raises), which the run loop ends as aborted ("non-finite eval"), never logs as a result.
 """
 
 from __future__ import annotations
@@ -70,14 +74,13 @@ def _auroc_packed(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def binary_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """AUROC of `scores` (float, any shape) against 0/1 `labels`; NaN if only one class is present."""
+    """AUROC of `scores` (float, any shape) against 0/1 `labels`; NaN if only one class is present or if any
+    score is not finite (a diverged model)."""
     scores, labels = scores.detach().flatten(), labels.detach().flatten()
     if scores.numel() != labels.numel():
         raise ValueError(f"{scores.numel()} scores but {labels.numel()} labels")
-    if scores.numel() == 0:
+    if scores.numel() == 0 or not bool(torch.isfinite(scores).all()):
         return float("nan")
     if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        if torch.isnan(scores).any():
-            return _auroc_torch(scores, labels)  # NaN bit patterns have no place in the packed order
         return _auroc_packed(scores.float().numpy(), labels.numpy())
     return _auroc_torch(scores, labels)

@@ -27,7 +27,6 @@ from runtime.precision import autocast, autocast_dtype
 from runtime.schedule import Block
 
 
-
 def write_synthetic_data(cfg: DLRMConfig, out_dir: str) -> None:
     from pipelines.criteo.synthetic import write_synthetic_criteo
 
@@ -167,8 +166,11 @@ class DLRMBenchmark(Benchmark):
             batch = batch.to(self.ctx.device, non_blocking=True)
             with self._autocast():
                 logits = self.model(batch.dense, batch.sparse)
-            # Scored as the reference does (torchmetrics on sigmoid outputs): float32 sigmoid ties matter.
-            return torch.sigmoid(logits.float()), batch.labels
+            # Scored as the reference does (torchmetrics on sigmoid outputs): float32 sigmoid ties matter. A
+            # non-finite logit (a diverged model: sigmoid would turn +-inf into a finite 1 or 0) is scored NaN,
+            # so the AUROC is NaN and the run loop aborts ("non-finite eval") instead of logging a result.
+            logits = logits.float()
+            return torch.where(torch.isfinite(logits), torch.sigmoid(logits), float("nan")), batch.labels
         finally:
             self.model.train()
 
@@ -186,7 +188,8 @@ class DLRMBenchmark(Benchmark):
         return self._eval_cache
 
     def evaluate(self) -> float:
-        """AUROC over every validation sample: each rank scores its share, rank 0 sorts them all."""
+        """AUROC over every validation sample: each rank scores its share, rank 0 sorts them all. NaN on every
+        rank if any score is not finite (binary_auroc): the run loop then stops, aborted."""
         scores, labels = [], []
         for batch in self._eval_batches():
             s, y = self._forward_scores(batch)
@@ -203,7 +206,12 @@ class DLRMBenchmark(Benchmark):
         if self.ctx.is_main:
             if local.shape[0] < n:
                 raise RuntimeError(f"scored {local.shape[0]} validation samples, expected {n}")
-            value[0] = binary_auroc(local[:n, 0], local[:n, 1])  # on the device (torch.sort path on GPU)
+            auroc = binary_auroc(local[:n, 0], local[:n, 1])  # on the device (torch.sort path on GPU)
+            bad = int((~torch.isfinite(local[:n, 0])).sum()) if math.isnan(auroc) else 0
+            if bad:
+                print(f"eval: {bad} of {n} validation scores are not finite (the model diverged): AUROC NaN",
+                      flush=True)
+            value[0] = auroc
         if world > 1:
             dist.broadcast(value, src=0)
         return float(value.item())

@@ -11,10 +11,17 @@ the first ceil(N_23 / 2) rows of day 23 are the validation set.
 `np.load` of an npz reads a whole member into memory. Each member here is stored uncompressed, so its
 bytes sit contiguously inside the zip: `npz_member_memmap` finds where from the member's local zip
 header and npy header and memory-maps it, the same way as the .npy files.
+
+A memory map trusts the header: a member shorter than its header says (truncated, or written with another
+dtype or shape) would map the next member's bytes and surface only when training reached those rows, as
+ids outside their table. So every file and member is checked when a day is opened: its byte length must
+be exactly the .npy header's length plus rows x columns x itemsize (`_check_npy_size`), and every array of
+a day must have the dense file's row count. Headers are parsed, never unpickled (object dtypes refused).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zipfile
@@ -64,13 +71,32 @@ def _read_npy_header(f, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
         raise CriteoFormatError(f"{where}: not a valid .npy array ({e})") from None
 
 
+def _check_npy_size(where: str, shape: tuple[int, ...], dtype: np.dtype, header_bytes: int, actual: int) -> int:
+    """Raise unless `actual` bytes are exactly an .npy of `header_bytes` header + the array `shape`, `dtype`
+    (a truncated file, or data written with another dtype or shape than its header names). Returns the
+    array's byte count."""
+    if dtype.hasobject:
+        raise CriteoFormatError(f"{where} holds Python objects ({dtype}); only numeric arrays are read, never "
+                                "unpickled")
+    data = math.prod(shape) * dtype.itemsize
+    if actual != header_bytes + data:
+        dims = ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "")
+        raise CriteoFormatError(f"{where} is {actual} bytes, but its .npy header ({dtype} ({dims})) implies "
+                                f"{header_bytes + data} ({header_bytes} header + {data} data): "
+                                f"{'truncated' if actual < header_bytes + data else 'trailing bytes'}, or the "
+                                "data were written with another dtype or shape than the header names")
+    return data
+
+
 def npz_member_memmap(path: str, name: str) -> np.memmap:
-    """Memory-map array `name` of an uncompressed npz (as np.savez writes it) without reading it."""
+    """Memory-map array `name` of an uncompressed npz (as np.savez writes it) without reading it. The member's
+    size in the zip directory must be what its .npy header implies, and its bytes must lie inside the file."""
     try:
         with zipfile.ZipFile(path) as zf:
             members = {info.filename: info for info in zf.infolist()}
     except (zipfile.BadZipFile, OSError) as e:
-        raise CriteoFormatError(f"{path}: not a readable npz/zip file ({e})") from None
+        raise CriteoFormatError(f"{path}: not a readable npz/zip file ({e}; a truncated file loses the zip "
+                                "directory at its end)") from None
     info = members.get(f"{name}.npy") or members.get(name)
     if info is None:
         have = sorted(n[:-4] if n.endswith(".npy") else n for n in members)
@@ -79,14 +105,23 @@ def npz_member_memmap(path: str, name: str) -> np.memmap:
         raise CriteoFormatError(f"{path}: member {name!r} is compressed (np.savez_compressed?); only np.savez's "
                                 "stored members can be memory-mapped")
     with open(path, "rb") as f:
+        file_bytes = os.fstat(f.fileno()).st_size
         f.seek(info.header_offset)
-        fields = _ZIP_LOCAL_HEADER.unpack(f.read(_ZIP_LOCAL_HEADER.size))
+        raw = f.read(_ZIP_LOCAL_HEADER.size)
+        fields = _ZIP_LOCAL_HEADER.unpack(raw) if len(raw) == _ZIP_LOCAL_HEADER.size else (None,)
         if fields[0] != _ZIP_LOCAL_SIGNATURE:
             raise CriteoFormatError(f"{path}: member {name!r} has a corrupt local zip header")
         # The local header's own name/extra lengths (ZIP64 members carry a 20-byte extra field here).
         f.seek(fields[-2] + fields[-1], os.SEEK_CUR)
+        start = f.tell()
         shape, fortran, dtype = _read_npy_header(f, f"{path} member {name!r}")
         offset = f.tell()
+    # The zip directory's size of the member (ZIP64-aware in zipfile) against what the header implies.
+    nbytes = _check_npy_size(f"{path}: member {name!r}", shape, dtype, offset - start, info.file_size)
+    if info.compress_size != info.file_size or offset + nbytes > file_bytes:
+        raise CriteoFormatError(f"{path}: member {name!r} needs bytes {offset}..{offset + nbytes} of the file, which "
+                                f"has {file_bytes} (stored size {info.compress_size}, size {info.file_size}): "
+                                "truncated or corrupt zip")
     if fortran:
         raise CriteoFormatError(f"{path}: member {name!r} is Fortran-ordered; expected C order")
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
@@ -95,6 +130,9 @@ def npz_member_memmap(path: str, name: str) -> np.memmap:
 def _open_npy(path: str) -> np.ndarray:
     if not os.path.exists(path):
         raise CriteoFormatError(f"{path}: missing")
+    with open(path, "rb") as f:
+        shape, _, dtype = _read_npy_header(f, path)
+        _check_npy_size(f"{path}: the file", shape, dtype, f.tell(), os.fstat(f.fileno()).st_size)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:

@@ -4,13 +4,12 @@ tests/test_benchmark_contract.py)."""
 
 from __future__ import annotations
 
-import re
+import math
 import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, compliance, read_metrics, spawn_ranks, train_command
+from conftest import REPO, read_events, read_metrics, spawn_ranks, train_command
 
 from runtime.loop import EXIT_NOT_CONVERGED
 
@@ -48,7 +47,7 @@ def test_two_sharded_ranks_match_one_rank_at_the_same_global_batch(dlrm_debug_da
 
 
 # -- in process: warm-up and checkpoint state ----------------------------------------------------------------
-def _benchmark(data_dir, tmp_path, seed=5):
+def _benchmark(data_dir, tmp_path, seed=5, log=None):
     from models.dlrm_dcnv2 import SPEC
     from models.dlrm_dcnv2.benchmark import DLRMBenchmark
     from models.dlrm_dcnv2.config import debug
@@ -59,7 +58,7 @@ def _benchmark(data_dir, tmp_path, seed=5):
 
     torch.manual_seed(seed)
     ctx = RunContext(spec=SPEC, launch=LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), layout=ParallelLayout(1, 0),
-                     device=torch.device("cpu"), log=MLPerfLogger(None, enabled=False), run_dir=str(tmp_path),
+                     device=torch.device("cpu"), log=log or MLPerfLogger(None, enabled=False), run_dir=str(tmp_path),
                      data_dir=str(data_dir), seed=seed)
     cfg = debug()
     cfg.data.prefetch = 0
@@ -106,6 +105,67 @@ def test_state_dict_round_trip_gives_the_same_next_steps(dlrm_debug_data, tmp_pa
     assert [float(resumed.train_step(step)) for step in (2, 3)] == expected
     bench.close()
     resumed.close()
+
+
+def _poison_last_layer(bench, value: float) -> None:
+    """What a diverged update leaves behind: a non-finite weight in the dense part (here the logit's bias)."""
+    from models.dlrm_dcnv2.parallelize import unwrap
+
+    with torch.no_grad():
+        unwrap(bench.model).top_mlp[-1].bias.fill_(value)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_evaluate_of_a_diverged_model_is_nan(dlrm_debug_data, tmp_path, capsys, poison):
+    """NaN logits gave NaN scores whose AUROC was a finite number that depended on where the NaNs sorted; +inf
+    logits gave sigmoid 1.0 everywhere and an AUROC of 0.5. Either would have been logged as a result."""
+    bench = _benchmark(dlrm_debug_data, tmp_path)
+    bench.open_data()
+    assert 0.0 <= bench.evaluate() <= 1.0
+    _poison_last_layer(bench, poison)
+    value = bench.evaluate()
+    assert math.isnan(value), value
+    n = len(bench.eval_reader)
+    out = capsys.readouterr().out
+    assert f"eval: {n} of {n} validation scores are not finite (the model diverged): AUROC NaN" in out
+    bench.close()
+
+
+def test_a_run_whose_eval_sees_nan_scores_stops_aborted(dlrm_debug_data, tmp_path):
+    """In process, the real run loop: the last update of the first block leaves a NaN weight (its own loss,
+    computed before the update, is finite), so the eval after it sees NaN scores: eval_accuracy NaN, then
+    run_stop aborted with the reason "non-finite eval", not a logged AUROC and the run going on."""
+    from mlperf_logging.mllog import constants
+
+    from models.dlrm_dcnv2.benchmark import DLRMBenchmark
+    from runtime.loop import RunLoop
+    from runtime.mlperf_log import MLPerfLogger
+
+    log_path = tmp_path / "mlperf_log.txt"
+    log = MLPerfLogger(str(log_path), enabled=True, stdout=False)
+    bench = _benchmark(dlrm_debug_data, tmp_path, log=log)
+    first_block = bench.steps_per_eval
+
+    def train_step(step):
+        loss = DLRMBenchmark.train_step(bench, step)
+        if step == first_block - 1:
+            _poison_last_layer(bench, float("nan"))
+        return loss
+
+    bench.train_step = train_step
+    try:
+        result = RunLoop(bench, bench.ctx, bench.cfg.run).run()
+    finally:
+        bench.close()
+        log.close()
+    assert result.status == constants.ABORTED and result.exit_code == EXIT_NOT_CONVERGED
+    assert result.reason.startswith("non-finite eval auroc nan"), result.reason
+    assert len(result.evals) == 1 and math.isnan(result.evals[0][1])
+    events = read_events(log_path)
+    accuracy = [e for e in events if e["key"] == constants.EVAL_ACCURACY]
+    assert len(accuracy) == 1 and math.isnan(float(accuracy[0]["value"]))
+    assert events[-1]["key"] == constants.RUN_STOP and events[-1]["metadata"]["status"] == constants.ABORTED
+    assert [m["step"] for m in read_metrics(tmp_path) if "loss" in m and math.isfinite(m["loss"])] == [first_block]
 
 
 def test_two_sharded_ranks_resume_onto_the_uninterrupted_run(dlrm_debug_data, tmp_path):

@@ -11,8 +11,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 from models.dlrm_dcnv2 import state_dict_adapter
 from models.dlrm_dcnv2.auroc import _auroc_packed, _auroc_torch, binary_auroc
 from models.dlrm_dcnv2.config import FLAVOURS, debug, dgxh100_1x8, dgxh100_8x8
-from models.dlrm_dcnv2.model import (DLRMModelConfig, build_dlrm, materialize_embeddings, parameter_count,
-                                     table_name)
+from models.dlrm_dcnv2.model import DLRMModelConfig, build_dlrm, materialize_embeddings, parameter_count, table_name
 from pipelines.criteo.format import MULTI_HOT_SIZES, TABLE_ROWS, sparse_feature_names
 
 # Small but awkward: uneven rows, a table of one row, bags of 1..5 ids, non-power-of-two widths.
@@ -52,7 +51,7 @@ def test_forward_and_gradients_match_torchrec_dlrm_dcn():
     ours_logits = ours(dense, sparse)
     ref_logits = reference(dense, sparse).squeeze(-1)
     torch.testing.assert_close(ours_logits, ref_logits, rtol=1e-5, atol=1e-6)
-    for model, logits in ((ours, ours_logits), (reference, ref_logits)):
+    for logits in (ours_logits, ref_logits):
         torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
     ref_grads = {k: p.grad for k, p in reference.named_parameters()}
     for name, p in ours.named_parameters():
@@ -146,6 +145,23 @@ def test_auroc_of_one_class_is_nan_and_shapes_are_checked():
     assert np.isnan(binary_auroc(torch.rand(10), torch.zeros(10)))
     with pytest.raises(ValueError):
         binary_auroc(torch.rand(3), torch.ones(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_auroc_of_non_finite_scores_is_nan_wherever_they_sit(dtype, bad):
+    """A diverged model's scores: before, NaN gave a finite AUROC in [0, 1] that depended on where the NaN sat
+    (torch.sort's placement of NaN), and the run loop would have logged it as a result. Non-finite scores have
+    no order: the AUROC is NaN, which the run loop ends as aborted ("non-finite eval")."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(200, generator=g).to(dtype)
+    labels = torch.arange(200) % 3 == 0
+    assert np.isfinite(binary_auroc(scores, labels))
+    for where in (0, 57, 199):
+        poisoned = scores.clone()
+        poisoned[where] = bad
+        assert np.isnan(binary_auroc(poisoned, labels)), (where, binary_auroc(poisoned, labels))
+    assert np.isnan(binary_auroc(torch.full((10,), bad, dtype=dtype), labels[:10]))
 
 
 # -- configs and cadence -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ slices, validation padding, the prefetch thread, and the synthetic writer."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -29,8 +30,8 @@ def make_day(rng, n, sizes=SIZES, rows=ROWS):
 def two_days(tmp_path):
     rng = np.random.default_rng(0)
     days = [make_day(rng, n) for n in (10, 7)]
-    for i, (d, l, s) in enumerate(days):
-        fmt.write_day(str(tmp_path), i, d, l, s)
+    for i, (dense, labels, sparse) in enumerate(days):
+        fmt.write_day(str(tmp_path), i, dense, labels, sparse)
     return tmp_path, days
 
 
@@ -194,3 +195,98 @@ def test_synthetic_writer_is_deterministic_and_bags_come_from_the_lookup_tables(
     for k, member in enumerate(day.sparse):  # each bag is the table row of its one-hot id (its first element)
         np.testing.assert_array_equal(member, tables[k][member[:, 0]])
     assert np.all(day.dense >= np.log(3.0, dtype=np.float32))  # log(x + 3) of counts >= 0
+
+
+# -- sizes checked when a day is opened: a member shorter (or longer) than its .npy header says -----------------
+def _npy_bytes(header_like: np.ndarray, data: np.ndarray) -> bytes:
+    """An .npy whose header describes `header_like` (dtype, shape) but whose payload is `data`'s bytes."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(header_like))
+    return buf.getvalue() + np.ascontiguousarray(data).tobytes()
+
+
+def _header_len(header_like: np.ndarray) -> int:
+    return len(_npy_bytes(header_like, header_like[:0]))
+
+
+def _write_npz_with_raw_member(path, members: dict, name: str, raw: bytes) -> None:
+    """np.savez's layout (stored, not compressed), member `name` replaced by `raw`: a structurally valid zip."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for k, array in members.items():
+            zf.writestr(f"{k}.npy", raw if k == name else _npy_bytes(array, array))
+
+
+@pytest.mark.parametrize("case,member,data", [
+    ("truncated", "1", lambda m: m[:8]),  # header (10, 1): 2 rows short; would read into member '2'
+    ("header int32, data int16", "0", lambda m: m.astype(np.int16)),
+    ("header int32, data int64", "2", lambda m: m.astype(np.int64)),
+    ("header (10, 3), data (10, 2)", "0", lambda m: m[:, :2]),
+    ("trailing bytes", "2", lambda m: np.concatenate([m, m[:1]])),
+])
+def test_an_npz_member_whose_bytes_disagree_with_its_header_is_named_at_open(two_days, case, member, data):
+    """Before: a short middle member memory-mapped its neighbour's bytes and surfaced, if at all, as 'id outside
+    table' when training reached the row. Now open_day compares each member's byte length with its header."""
+    path, days = two_days
+    members = {str(k): s for k, s in enumerate(days[0][2])}
+    payload = data(members[member])
+    sparse_path = fmt.day_paths(str(path), 0)[2]
+    _write_npz_with_raw_member(sparse_path, members, member, _npy_bytes(members[member], payload))
+    with np.load(sparse_path, allow_pickle=False) as z:  # the header itself is valid: np.load reads it
+        assert z.files == ["0", "1", "2"]
+    expected = _header_len(members[member]) + members[member].nbytes
+    actual = _header_len(members[member]) + payload.nbytes
+    match = (rf"day_0_sparse_multi_hot\.npz: member '{member}' is {actual} bytes, but its \.npy header "
+             rf"\(int32 \(10, {SIZES[int(member)]}\)\) implies {expected}")
+    with pytest.raises(fmt.CriteoFormatError, match=match):
+        fmt.open_day(str(path), 0, SIZES)
+    with pytest.raises(fmt.CriteoFormatError, match=match):
+        fmt.npz_member_memmap(sparse_path, member)
+
+
+def test_npz_members_must_agree_on_rows_among_themselves(two_days):
+    path, days = two_days
+    members = {str(k): s for k, s in enumerate(days[0][2])}
+    _rewrite(path, 0, sparse={**members, "2": members["2"][:9]})
+    with pytest.raises(fmt.CriteoFormatError, match=r"member '2' has 9 rows, but .*day_0_dense\.npy has 10"):
+        fmt.open_day(str(path), 0, SIZES)
+
+
+def _synthetic_day(tmp_path):
+    from pipelines.criteo.synthetic import write_synthetic_criteo
+
+    rows = tuple(min(r, 50) for r in fmt.TABLE_ROWS)
+    write_synthetic_criteo(str(tmp_path), days=2, rows_per_day=40, table_rows=rows, seed=3)
+    fmt.open_day(str(tmp_path), 0)  # as written: fine
+    return fmt.day_paths(str(tmp_path), 0)
+
+
+@pytest.mark.parametrize("which", [0, 1])  # dense, labels
+def test_a_truncated_synthetic_npy_is_named_with_expected_and_actual_bytes(tmp_path, which):
+    path = _synthetic_day(tmp_path)[which]
+    size = os.path.getsize(path)
+    os.truncate(path, size - 6)
+    with pytest.raises(fmt.CriteoFormatError, match=rf"day_0_(dense|labels)\.npy: the file is {size - 6} bytes, but "
+                                                    rf"its \.npy header .* implies {size} .*: truncated"):
+        fmt.open_day(str(tmp_path), 0)
+
+
+def test_a_truncated_synthetic_npz_is_named(tmp_path):
+    path = _synthetic_day(tmp_path)[2]
+    os.truncate(path, os.path.getsize(path) // 2)  # the zip directory at the end is lost with the tail
+    with pytest.raises(fmt.CriteoFormatError, match=r"day_0_sparse_multi_hot\.npz: not a readable npz/zip file "
+                                                    r".*truncated"):
+        fmt.open_day(str(tmp_path), 0)
+
+
+def test_an_npz_member_of_python_objects_is_refused_without_unpickling(two_days):
+    path, days = two_days
+    members = {str(k): s for k, s in enumerate(days[0][2])}
+    objects = np.empty((10, 1), dtype=object)
+    sparse_path = fmt.day_paths(str(path), 0)[2]
+    with zipfile.ZipFile(sparse_path, "w") as zf:
+        for k, array in members.items():
+            buf = io.BytesIO()
+            np.save(buf, objects if k == "1" else array, allow_pickle=True)  # writing only; never loaded
+            zf.writestr(f"{k}.npy", buf.getvalue())
+    with pytest.raises(fmt.CriteoFormatError, match=r"member '1' holds Python objects"):
+        fmt.open_day(str(path), 0, SIZES)

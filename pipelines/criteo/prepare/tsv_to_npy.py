@@ -73,10 +73,10 @@ def convert_day(tsv_path: str, out_dir: str, day: int) -> int:
             lines = f.readlines(_CHUNK_LINES * 160)  # ~160 bytes per line
             if not lines:
                 break
-            d, s, l = parse_lines(lines, f"{tsv_path} (after line {done})")
+            d, s, labels = parse_lines(lines, f"{tsv_path} (after line {done})")
             dense_parts.append(d)
             sparse_parts.append(s)
-            label_parts.append(l)
+            label_parts.append(labels)
             done += len(lines)
     empty = (np.zeros((0, NUM_DENSE), np.float32), np.zeros((0, NUM_SPARSE), np.int32), np.zeros((0, 1), np.int32))
     for part, arrays, blank in zip(("dense", "sparse", "labels"), (dense_parts, sparse_parts, label_parts), empty):

@@ -12,8 +12,14 @@ import sys
 
 import numpy as np
 
-from pipelines.criteo.format import (EVAL_SAMPLES, MULTI_HOT_SIZES, TABLE_ROWS, TRAIN_SAMPLES, CriteoFormatError,
-                                     open_day)
+from pipelines.criteo.format import (
+    EVAL_SAMPLES,
+    MULTI_HOT_SIZES,
+    TABLE_ROWS,
+    TRAIN_SAMPLES,
+    CriteoFormatError,
+    open_day,
+)
 
 _BLOCK_ROWS = 1 << 20
 

@@ -34,6 +34,12 @@ class ModelConfig:
     precision: str = "bf16"
     fp8_amax_history_len: int = 1024  # NVIDIA v4.0: delayed scaling, HYBRID, max over the history
     fused_norm: bool = True  # kernels.layer_norm.FusedLayerNorm in the local (non-TE) spec
+    # Core attention of the local (non-TE) spec. "local": megatron's DotProductAttention, which keeps the
+    # s x s softmax output in fp32 and its bf16 copy for backward (6 bytes per score: 1.2 GB per layer and
+    # micro-batch at s 2048, MBS 2, 24 heads per TP rank); "sdpa": torch's scaled_dot_product_attention
+    # (flash / memory-efficient kernels on H100), which keeps q, k, v, the output and one fp32 log-sum-exp
+    # per row and head, never the scores. TE's spec ignores this: its fused attention keeps no scores either.
+    attention: str = "local"
 
     def padded_vocab_size(self, tp: int) -> int:
         multiple = self.make_vocab_size_divisible_by * tp
@@ -76,8 +82,12 @@ class TrainConfig(base.TrainConfig):
     virtual_pp: int = 1  # model chunks per pipeline stage (interleaved 1F1B when > 1)
     sequence_parallel: bool = True  # needs tp > 1 and a norm that marks its grads (TE, or our FusedLayerNorm)
     distributed_optimizer: bool = True  # CUDA only; CPU uses the replicated path of parallelize.py
-    recompute: str = "none"  # "none", "selective" (core attention) or "full" (whole layers, uniform)
-    recompute_num_layers: int = 1  # layers per recomputed group for "full"
+    recompute: str = "none"  # "none", "selective" (core attention) or "full" (whole layers)
+    # For "full" (megatron's recompute_method): "uniform" recomputes every layer, in groups of
+    # recompute_num_layers whose input alone is kept; "block" recomputes the first recompute_num_layers
+    # layers of every model chunk (one layer at a time) and keeps the other layers' activations.
+    recompute_method: str = "uniform"
+    recompute_num_layers: int = 1
     eval_every_samples: int = 24_576
     eval_micro_batch_size: int = 0  # 0: micro_batch_size
     max_samples: int = 3_000_000  # budget: run_stop aborted when the target is not met by then
@@ -113,28 +123,49 @@ def allowed_learning_rates(global_batch_size: int) -> tuple[float, ...]:
     return (3e-5,)
 
 
+# Memory on an 80 GB H100: `python -m models.gpt3.plan --flavour <name> --world-size <n>` prints it by term.
+# NVIDIA's v4.0 runs recompute nothing (their ACT_CKPT_* variables are unset: NeMo's null); they fit
+# through TE's leaner saved activations, weights held in FP8 (no bf16 copy) and a bf16 grad buffer (apex
+# DistributedFusedAdam, grad_sync_dtype bf16). This stack's image runs megatron's local spec (the NGC
+# image's TE is built against another torch: containers/Dockerfile), whose FP8 linears
+# (runtime/mcore/fp8_linear.py) save an FP8 copy of every layer weight per micro-batch in flight (0.42 GiB
+# per layer at TP 4), and keeps fp32 main grads: without recompute the first stage needs 137 GiB at
+# 64x8 (267 GiB with the local attention's s x s scores), 141 GiB at 32x8, 107 GiB at 1452x8. Hence SDPA
+# attention and full recompute of as few layers per model chunk as fit with 2 GiB to spare after the
+# planner's 5 GiB reserve for the CUDA context, NCCL and allocator fragmentation.
 def dgxh100_64x8() -> GPT3Config:
-    """64 nodes x 8 H100 (512 GPUs): TP4 PP8 interleaved by 4, MBS 2, GBS 2304 (dp 16, 72 micro-batches)."""
+    """64 nodes x 8 H100 (512 GPUs): TP4 PP8 interleaved by 4, MBS 2, GBS 2304 (dp 16, 72 micro-batches).
+    Recomputes 2 of every chunk's 3 layers (block): first stage 76.3 GiB of 79.1 by the planner (1 of 3:
+    107 GiB)."""
     cfg = GPT3Config()
     cfg.model.precision = "fp8"
+    cfg.model.attention = "sdpa"
     cfg.parallel = ParallelConfig(tp=4, pp=8)
-    cfg.train = replace(cfg.train, global_batch_size=2304, micro_batch_size=2, virtual_pp=4)
+    cfg.train = replace(cfg.train, global_batch_size=2304, micro_batch_size=2, virtual_pp=4, recompute="full",
+                        recompute_method="block", recompute_num_layers=2)
     return cfg
 
 
 def dgxh100_1452x8() -> GPT3Config:
-    """1452 nodes x 8 H100 (11 616 GPUs): TP4 PP6 interleaved by 8, MBS 1, GBS 2904 (dp 484, 6 micro-batches)."""
+    """1452 nodes x 8 H100 (11 616 GPUs): TP4 PP6 interleaved by 8, MBS 1, GBS 2904 (dp 484, 6 micro-batches).
+    All 6 micro-batches x 8 chunks are in flight on the first stage at once: every layer recomputed, 49.6 GiB
+    (1 of every chunk's 2 layers: 78.6 GiB, 0.5 to spare)."""
     cfg = GPT3Config()
     cfg.model.precision = "fp8"
+    cfg.model.attention = "sdpa"
     cfg.parallel = ParallelConfig(tp=4, pp=6)
-    cfg.train = replace(cfg.train, global_batch_size=2904, micro_batch_size=1, virtual_pp=8)
+    cfg.train = replace(cfg.train, global_batch_size=2904, micro_batch_size=1, virtual_pp=8, recompute="full",
+                        recompute_method="uniform", recompute_num_layers=1)
     return cfg
 
 
 def dgxh100_32x8() -> GPT3Config:
-    """32 nodes x 8 H100 (256 GPUs), the smallest published scale: TP4 PP8 interleaved by 4, GBS 1536."""
+    """32 nodes x 8 H100 (256 GPUs), the smallest published scale: TP4 PP8 interleaved by 4, GBS 1536.
+    DP 8 doubles 64x8's optimizer shard (+3.9 GiB), which leaves no room for its unrecomputed layer (80.2
+    GiB): every layer recomputed, 49.6 GiB."""
     cfg = dgxh100_64x8()
-    cfg.train = replace(cfg.train, global_batch_size=1536, micro_batch_size=2)
+    cfg.train = replace(cfg.train, global_batch_size=1536, micro_batch_size=2, recompute_method="uniform",
+                        recompute_num_layers=1)
     return cfg
 
 

@@ -19,13 +19,21 @@ query-key layer scaling, embeddings tied to the output layer.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-from megatron.core.transformer.enums import AttnBackend
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnBackend, AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
-from megatron.core.transformer.transformer_block import (TransformerBlock, TransformerBlockSubmodules,
-                                                         get_num_layers_to_build)
+from megatron.core.transformer.transformer_block import (
+    TransformerBlock,
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from kernels.bias_dropout_add import bias_dropout_add
@@ -52,10 +60,43 @@ class MegatronFusedLayerNorm(FusedLayerNorm):
                          dtype=config.params_dtype)
         for p in self.parameters():
             # The replicated norm sees only its sequence shard under SP: megatron sums these grads over TP.
-            setattr(p, "sequence_parallel", config.sequence_parallel)
+            p.sequence_parallel = config.sequence_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)
+
+
+class SdpaDotProductAttention(DotProductAttention):
+    """megatron's local core attention computed by torch.nn.functional.scaled_dot_product_attention
+    (model.attention = "sdpa"). On H100 (bf16, head dim 128, causal, no mask tensor) torch runs its flash or
+    memory-efficient kernel, which keeps q, k, v, the output and one fp32 log-sum-exp per row and head for
+    backward; DotProductAttention keeps the s x s softmax output in fp32 and its bf16 copy. Same inputs
+    ([s, b, heads, head dim] each), output ([s, b, heads * head dim]) and constructor as DotProductAttention.
+    Causal attention only (GPT-3's): the causal mask is SDPA's own, the `attention_mask` tensor the local
+    path passes (the same causal mask) is not read."""
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("SDPA core attention: no packed sequences or attention bias")
+        if (attn_mask_type or self.attn_mask_type) != AttnMaskType.causal:
+            raise ValueError(f"SDPA core attention: causal masks only, got {attn_mask_type or self.attn_mask_type}")
+        if self.softmax_offset is not None or self.config.window_size is not None:
+            raise ValueError("SDPA core attention: no softmax offset or sliding window")
+        groups = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
+        if groups > 1:
+            key, value = key.repeat_interleave(groups, dim=2), value.repeat_interleave(groups, dim=2)
+        s, b = query.shape[0], query.shape[1]
+        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, head dim], views
+        # DotProductAttention divides its scale by the layer number under query-key layer scaling and the
+        # softmax multiplies it back: the product is the scale the softmax sees.
+        scale = self.softmax_scale * (self.layer_number if self.config.apply_query_key_layer_scaling else 1)
+        p = self.attention_dropout.p if self.training else 0.0
+        fork = tensor_parallel.get_cuda_rng_tracker().fork() if p > 0 and not self.config.sequence_parallel \
+            else contextlib.nullcontext()  # as DotProductAttention draws its dropout
+        with fork:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
+        return out.permute(2, 0, 1, 3).reshape(s, b, self.hidden_size_per_partition)
 
 
 def bias_dropout_add_builder(training: bool, fused: bool):
@@ -95,12 +136,18 @@ class KernelGPTModel(GPTModel):
         return loss.transpose(0, 1).contiguous()
 
 
+ATTENTION = {"local": DotProductAttention, "sdpa": SdpaDotProductAttention}
+
+
 def layer_spec(model_cfg: ModelConfig, use_te: bool):
+    if model_cfg.attention not in ATTENTION:
+        raise ValueError(f"model.attention={model_cfg.attention!r}: expected one of {sorted(ATTENTION)}")
     if use_te:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec()
+    spec.submodules.self_attention.submodules.core_attention = ATTENTION[model_cfg.attention]
     spec.submodules.self_attn_bda = bias_dropout_add_builder
     spec.submodules.mlp_bda = bias_dropout_add_builder
     if model_cfg.fused_norm:
@@ -134,6 +181,8 @@ def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int, cp: 
         raise ValueError("train.sequence_parallel needs TE or model.fused_norm (megatron's torch norm refuses it)")
     if t.recompute not in ("none", "selective", "full"):
         raise ValueError(f"train.recompute={t.recompute!r}: expected none, selective or full")
+    if t.recompute == "full" and t.recompute_method not in ("uniform", "block"):
+        raise ValueError(f"train.recompute_method={t.recompute_method!r}: expected uniform or block")
     bf16 = m.precision in ("bf16", "fp8")
     vpp = t.virtual_pp if pp > 1 and t.virtual_pp > 1 else None
     if vpp and m.num_layers % (pp * vpp):
@@ -164,7 +213,11 @@ def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int, cp: 
     if t.recompute == "selective":
         kwargs.update(recompute_granularity="selective")
     elif t.recompute == "full":
-        kwargs.update(recompute_granularity="full", recompute_method="uniform",
+        chunk_layers = m.num_layers // pp // (vpp or 1)
+        if not 1 <= t.recompute_num_layers <= chunk_layers:
+            raise ValueError(f"train.recompute_num_layers={t.recompute_num_layers}: expected 1..{chunk_layers}, "
+                             "the layers of one model chunk")
+        kwargs.update(recompute_granularity="full", recompute_method=t.recompute_method,
                       recompute_num_layers=t.recompute_num_layers)
     if m.precision == "fp8":
         # TE reads the recipe from these fields; without TE, runtime/mcore/fp8_linear.py reads the same ones.

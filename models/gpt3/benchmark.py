@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -63,6 +63,46 @@ def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, de
     return min_lr + 0.5 * (math.cos(math.pi * ratio) + 1.0) * (base_lr - min_lr)
 
 
+@dataclass(frozen=True)
+class StepSchedule:
+    """The run's schedule in steps of its global batch, from the config alone (no model is built): the
+    learning rate, the budget and the eval cadence. Steps are counted from the initial checkpoint."""
+
+    base_lr: float  # optim.base_lr, or the closed rule for the batch size when that is 0
+    min_lr: float  # base_lr * optim.min_lr_ratio
+    warmup_steps: int  # ceil(warmup_samples / GBS)
+    decay_steps: int  # ceil(decay_samples / GBS)
+    init_step: int  # ceil(init_checkpoint_samples / GBS): where the schedule resumes
+    eval_every_steps: int  # ceil(eval_every_samples / GBS)
+    total_steps: int  # ceil(max_samples / GBS): the budget
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of the `step`-th update of the run (0-based), at init_step + step."""
+        return cosine_lr(self.init_step + step, base_lr=self.base_lr, min_lr=self.min_lr,
+                         warmup_steps=self.warmup_steps, decay_steps=self.decay_steps)
+
+    def eval_end_steps(self) -> list[int]:
+        """The steps after which the run evaluates: every eval_every_steps, and at the budget."""
+        return schedule.every(self.eval_every_steps, self.total_steps)
+
+
+def step_schedule(cfg: GPT3Config) -> StepSchedule:
+    o, t = cfg.optim, cfg.train
+    gbs = t.global_batch_size
+    base_lr = o.base_lr or closed_learning_rate(gbs)
+    return StepSchedule(base_lr=base_lr, min_lr=base_lr * o.min_lr_ratio,
+                        warmup_steps=math.ceil(o.warmup_samples / gbs), decay_steps=math.ceil(o.decay_samples / gbs),
+                        init_step=math.ceil(o.init_checkpoint_samples / gbs),
+                        eval_every_steps=math.ceil(t.eval_every_samples / gbs),
+                        total_steps=math.ceil(t.max_samples / gbs))
+
+
+def eval_blocks(cfg: GPT3Config) -> list[Block]:
+    """The run's blocks, in tokens trained since the initial checkpoint (the RCP unit)."""
+    return schedule.blocks(step_schedule(cfg).eval_end_steps(), "tokens", global_batch_size=cfg.train.global_batch_size,
+                           tokens_per_sample=cfg.model.seq_length)
+
+
 class GPT3Benchmark(Benchmark):
     def __init__(self, cfg: GPT3Config, ctx: RunContext):
         super().__init__(cfg, ctx)
@@ -77,13 +117,13 @@ class GPT3Benchmark(Benchmark):
         if vpp > 1 and self.num_microbatches % layout.pp:
             raise ValueError(f"interleaved 1F1B needs micro-batches ({self.num_microbatches}) "
                              f"divisible by pp={layout.pp}")
-        self.base_lr = o.base_lr or closed_learning_rate(t.global_batch_size)
-        gbs = t.global_batch_size
-        self.warmup_steps = math.ceil(o.warmup_samples / gbs)
-        self.decay_steps = math.ceil(o.decay_samples / gbs)
-        self.init_step = math.ceil(o.init_checkpoint_samples / gbs)
-        self.eval_every_steps = math.ceil(t.eval_every_samples / gbs)
-        self.total_steps = math.ceil(t.max_samples / gbs)
+        self.schedule = step_schedule(cfg)
+        self.base_lr = self.schedule.base_lr
+        self.warmup_steps = self.schedule.warmup_steps
+        self.decay_steps = self.schedule.decay_steps
+        self.init_step = self.schedule.init_step
+        self.eval_every_steps = self.schedule.eval_every_steps
+        self.total_steps = self.schedule.total_steps
         self.seq_length = m.seq_length
 
         init_megatron(layout, vpp, ctx.seed)
@@ -113,7 +153,7 @@ class GPT3Benchmark(Benchmark):
         log.event(constants.MAX_SEQUENCE_LENGTH, self.seq_length)
         log.event(constants.OPT_NAME, "adam")
         log.event(constants.OPT_BASE_LR, self.base_lr)
-        log.event(constants.OPT_END_LR, self.base_lr * o.min_lr_ratio)
+        log.event(constants.OPT_END_LR, self.schedule.min_lr)
         log.event(constants.OPT_LR_DECAY_STEPS, self.decay_steps)
         log.event(constants.OPT_LR_WARMUP_STEPS, self.warmup_steps)
         log.event(constants.OPT_LR_DECAY_SCHEDULE, "cosine with linear warmup")
@@ -178,10 +218,12 @@ class GPT3Benchmark(Benchmark):
         return run_schedule(partial(self._forward_step, evaluating=evaluating), self.model, microbatches,
                             forward_only=forward_only, seq_length=self.seq_length, micro_batch_size=mbs)
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of the run's `step`-th update (0-based; the schedule resumes at init_step)."""
+        return self.schedule.learning_rate(step)
+
     def _step_on(self, microbatches: list[dict], step: int) -> torch.Tensor:
-        self._lr = cosine_lr(self.init_step + step, base_lr=self.base_lr,
-                             min_lr=self.base_lr * self.cfg.optim.min_lr_ratio,
-                             warmup_steps=self.warmup_steps, decay_steps=self.decay_steps)
+        self._lr = self.learning_rate(step)
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr
         for chunk in self.model:
@@ -263,8 +305,7 @@ class GPT3Benchmark(Benchmark):
         return {"train_samples": len(self.train_data), "eval_samples": self.valid_data.num_tokens}
 
     def blocks(self) -> list[Block]:
-        return schedule.blocks(schedule.every(self.eval_every_steps, self.total_steps), "tokens",
-                               global_batch_size=self.global_batch_size, tokens_per_sample=self.seq_length)
+        return eval_blocks(self.cfg)
 
     def progress_fields(self) -> dict:
         return {"lr": float(self._lr), "grad_norm": float(self.optimizer.last_grad_norm)}

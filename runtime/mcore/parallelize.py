@@ -163,8 +163,9 @@ class MegatronOptimizer:
                                   adam_eps=o.eps, clip_grad=o.clip_grad, bf16=config.bf16,
                                   params_dtype=config.params_dtype,
                                   use_distributed_optimizer=distributed_optimizer)
-        # No overrides: weight decay applies to LayerNorm and bias too, as the reference does.
-        self.inner = get_megatron_optimizer(opt_cfg, chunks, config_overrides=None)
+        # An empty dict, not None: megatron 0.16 reads None as its standard overrides (wd_mult 0 for biases
+        # and 1-D parameters); the reference decays those too (--do-layernorm-bias-weight-decay).
+        self.inner = get_megatron_optimizer(opt_cfg, chunks, config_overrides={})
         self.chunks = chunks
         self.last_grad_norm = 0.0
 

@@ -26,8 +26,15 @@ from typing import Iterator
 
 import torch
 
-from pipelines.imagenet.format import (IMAGE_KEY, LABEL_KEY, MEAN_RGB, NUM_CLASSES, ImageNetFormatError,
-                                       RecordIndex, build_index)
+from pipelines.imagenet.format import (
+    IMAGE_KEY,
+    LABEL_KEY,
+    MEAN_RGB,
+    NUM_CLASSES,
+    ImageNetFormatError,
+    RecordIndex,
+    build_index,
+)
 
 # nvJPEG buffers sized for the largest ImageNet image so they are never regrown mid-run (the values
 # DALI's own ResNet-50 example uses).
@@ -46,8 +53,8 @@ def _device_id(device: str | None) -> int | None:
 
 
 def _read(index: RecordIndex, *, rank: int, world_size: int, train: bool, shuffle_buffer: int):
-    from nvidia.dali import fn
     import nvidia.dali.tfrecord as tfrec
+    from nvidia.dali import fn
     if index.index_files is None:
         raise ValueError("the DALI reader needs index files: build the index with an index_dir")
     inputs = fn.readers.tfrecord(
@@ -80,8 +87,8 @@ def _train_graph(jpegs, *, image_size: int, mixed: bool):
 
 
 def _eval_graph(jpegs, *, image_size: int, resize_size: int, mixed: bool):
-    from nvidia.dali import fn, types
     import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
 
     def as_float(x):
         return fn.cast(x, dtype=types.FLOAT)

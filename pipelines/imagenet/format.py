@@ -28,10 +28,20 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from pipelines.tfrecord import (ExampleError, Feature, bytes_feature, decode_example,
-                                         encode_example, float_feature, int64_feature,
-                                         read_index, read_record_at, scan_records, verify_records,
-                                         write_index)
+from pipelines.tfrecord import (
+    ExampleError,
+    Feature,
+    bytes_feature,
+    decode_example,
+    encode_example,
+    float_feature,
+    int64_feature,
+    read_index,
+    read_record_at,
+    scan_records,
+    verify_records,
+    write_index,
+)
 
 SPLIT_SHARDS = {"train": 1024, "validation": 128}
 SPLIT_RECORDS = {"train": 1_281_167, "validation": 50_000}

@@ -1,10 +1,17 @@
-"""bias_dropout_add (Triton) against the torch reference drawing the same Philox mask."""
+"""bias_dropout_add (Triton) against the torch reference drawing the same Philox mask; the reference first
+against the textbook formula with that mask."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from kernel_numerics import DEVICE, check_forward_backward, force_triton  # noqa: F401 (autouse fixture)
+from kernel_numerics import (  # noqa: F401 (force_triton: autouse fixture)
+    DEVICE,
+    check_forward_backward,
+    check_reference,
+    force_triton,
+)
 
 from kernels.bias_dropout_add import bias_dropout_add, bias_dropout_add_ref, dropout_keep_mask, philox_uniform
 
@@ -18,6 +25,22 @@ def _inputs(shape, dtype, bias=True):
     x, r = (torch.randn(*shape, generator=gen).to(DEVICE, dtype) for _ in range(2))
     b = torch.randn(shape[-1], generator=gen).to(DEVICE, dtype) if bias else None
     return x, b, r
+
+
+def textbook_bias_dropout_add(p, seed, offset):
+    """residual + mask * (x + bias) / (1 - p): inverted dropout with the keep mask (element i kept when its
+    Philox draw is >= p; the mask itself is checked against Triton's tl.rand and for its rate below), the
+    1 / (1 - p) being the fp32 value eager torch's dropout multiplies by (the kernel's contract,
+    kernels/bias_dropout_add.py)."""
+    scale = float(np.float32(1.0 / (1.0 - p)))
+
+    def bda(x, bias, residual):
+        t = x + bias if bias is not None else x
+        if p == 0.0:
+            return residual + t
+        keep = dropout_keep_mask(x.shape, p, seed, offset, x.device).to(t.dtype)
+        return residual + keep * t * scale
+    return bda
 
 
 def test_philox_matches_triton_rand():
@@ -43,7 +66,31 @@ def test_bias_dropout_add(dtype, shape, p, bias):
     x, b, r = _inputs(shape, dtype, bias)
     check_forward_backward(lambda x, b, r: bias_dropout_add(x, b, r, p, seed=SEED, offset=OFFSET),
                            lambda x, b, r: bias_dropout_add_ref(x, b, r, p, SEED, OFFSET),
-                           lambda x, b, r: bias_dropout_add_ref(x, b, r, p, SEED, OFFSET), [x, b, r])
+                           lambda x, b, r: bias_dropout_add_ref(x, b, r, p, SEED, OFFSET), [x, b, r],
+                           textbook_fn=textbook_bias_dropout_add(p, SEED, OFFSET))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (7, 5)], ids=str)
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.9])
+def test_reference_on_small_awkward_shapes(shape, p):
+    x, b, r = (t.double() for t in _inputs(shape, torch.float32))
+    check_reference(lambda x, b, r: bias_dropout_add_ref(x, b, r, p, SEED, 3), textbook_bias_dropout_add(p, SEED, 3),
+                    [x, b, r])
+    check_reference(lambda x, r: bias_dropout_add_ref(x, None, r, p, SEED, 3),
+                    lambda x, r: textbook_bias_dropout_add(p, SEED, 3)(x, None, r), [x, r])
+
+
+def test_reference_by_hand():
+    """Values worked out on paper: the dropped elements are residual alone, the kept ones residual +
+    (x + bias) / (1 - p)."""
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    bias, residual = torch.tensor([0.5, 0.5, 0.5, 0.5]), torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    keep = dropout_keep_mask((1, 4), 0.5, SEED, 0)
+    assert keep.any() and not keep.all()  # both branches
+    want = torch.tensor([[10.0 + 3.0, 20.0 + 5.0, 30.0 + 7.0, 40.0 + 9.0]])  # (x + 0.5) * 2
+    want = torch.where(keep, want, residual)
+    assert torch.equal(bias_dropout_add_ref(x, bias, residual, 0.5, SEED, 0), want)
+    assert torch.equal(bias_dropout_add_ref(x, bias, residual, 0.0, SEED, 0), residual + x + 0.5)
 
 
 # Triton's CPU interpreter truncates fp32 -> bf16 casts (GPUs round to nearest even), so bf16 can only

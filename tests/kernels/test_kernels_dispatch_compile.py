@@ -26,7 +26,7 @@ def test_mode_switch(monkeypatch):
     monkeypatch.delenv("MLPERF_KERNELS")
     assert dispatch.mode() == "auto"
     monkeypatch.setenv("MLPERF_KERNELS", "cuda")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="MLPERF_KERNELS='cuda': expected one of auto, triton, reference"):
         dispatch.use_triton(cpu)
 
 

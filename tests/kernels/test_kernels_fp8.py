@@ -3,12 +3,111 @@ and the torch._scaled_mm linear (on CPU where this torch build supports it, and 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from kernel_numerics import force_triton, gpu_test  # noqa: F401 (autouse fixture)
 
-from kernels.fp8 import (E4M3, E5M2, RECIPES, FP8Linear, Fp8Recipe, compute_scale, dequantize,
-                         fp8_autocast, make_layernorm_linear, make_linear, quantize, record_amax, roll_history)
+from kernels.fp8 import (
+    E4M3,
+    E5M2,
+    RECIPES,
+    FP8Linear,
+    Fp8Recipe,
+    compute_scale,
+    dequantize,
+    fp8_autocast,
+    make_layernorm_linear,
+    make_linear,
+    quantize,
+    record_amax,
+    roll_history,
+)
+
+# The formats from the OCP 8-bit floating point specification, written here rather than read from torch:
+# (mantissa bits, exponent bias, largest finite value). E4M3 ("fn": no infinities) tops out at 1.75 * 2^8,
+# E5M2 at 1.75 * 2^15.
+FP8_FORMATS = {E4M3: (3, 7, 448.0), E5M2: (2, 15, 57344.0)}
+
+
+def textbook_fp8(values: np.ndarray, dtype) -> np.ndarray:
+    """fp64 values saturated at the format's largest and rounded to nearest, ties to even, onto its grid:
+    |v| in [2^e, 2^(e+1)) for e >= 1 - bias is spaced 2^(e - mantissa bits); below 2^(1 - bias) the
+    subnormals keep the smallest normal binade's spacing."""
+    mantissa_bits, bias, largest = FP8_FORMATS[dtype]
+    v = np.clip(np.asarray(values, dtype=np.float64), -largest, largest)
+    magnitude = np.abs(v)
+    _, exponent = np.frexp(magnitude)  # magnitude = f * 2^exponent with f in [0.5, 1)
+    spacing = np.ldexp(1.0, np.maximum(exponent - 1, 1 - bias) - mantissa_bits)
+    return np.sign(v) * np.round(magnitude / spacing) * spacing  # np.round rounds halves to even
+
+
+def fp8_grid(dtype) -> np.ndarray:
+    """Every non-negative finite value of the format, from its definition."""
+    mantissa_bits, bias, largest = FP8_FORMATS[dtype]
+    steps = np.arange(2 ** mantissa_bits) / 2 ** mantissa_bits
+    subnormals = steps * 2.0 ** (1 - bias)
+    normals = np.concatenate([(1 + steps) * 2.0 ** e for e in range(1 - bias, 17)])
+    return np.concatenate([subnormals, normals[normals <= largest]])
+
+
+def test_textbook_fp8_by_hand():
+    grid = fp8_grid(E4M3)
+    assert len(grid) == 127 and grid[1] == 2.0 ** -9 and grid[-1] == 448.0  # 0x00..0x7E; 0x7F is nan
+    assert len(fp8_grid(E5M2)) == 124 and fp8_grid(E5M2)[-1] == 57344.0  # 0x00..0x7B; then inf and nans
+    # ties to even: 1 + 1/16 lies between 1 and 1.125 (mantissa 000 | 001) -> 1; 1 + 3/16 -> 1.25 (010)
+    got = textbook_fp8(np.array([1.0625, 1.1875, -1.1875, 2.0 ** -10, 3 * 2.0 ** -10, 1e9, 460.0]), E4M3)
+    assert got.tolist() == [1.0, 1.25, -1.25, 0.0, 2 * 2.0 ** -9, 448.0, 448.0]
+
+
+@pytest.mark.parametrize("dtype", [E4M3, E5M2], ids=str)
+def test_quantize_and_dequantize_against_the_format_definition(dtype):
+    """Every value of the format, every midpoint between neighbours (exact ties), quarter points, values
+    past the largest (saturated), with both signs; then random values over 40 binades through a scale,
+    the product being fp32 as quantize's contract says."""
+    grid = fp8_grid(dtype)
+    mids = (grid[1:] + grid[:-1]) / 2
+    quarters = grid[:-1] + (grid[1:] - grid[:-1]) / 4
+    beyond = grid[-1] * np.array([1.0625, 1.25, 2.0, 2.0 ** 20])
+    special = np.concatenate([grid, mids, quarters, beyond, grid[1] / 2, grid[1] / 4], axis=None)
+    values = np.concatenate([special, -special]).astype(np.float32)
+    assert np.array_equal(values.astype(np.float64), np.concatenate([special, -special]))  # all exact in fp32
+    got = quantize(torch.from_numpy(values), torch.tensor(1.0), dtype).float().numpy()
+    np.testing.assert_array_equal(got, textbook_fp8(values, dtype))
+
+    rng = np.random.default_rng(0)
+    x = (np.exp2(rng.uniform(-22, 18, 4000)) * rng.choice([-1.0, 1.0], 4000)).astype(np.float32)
+    scale = np.float32(17.3)
+    q = quantize(torch.from_numpy(x), torch.tensor(scale), dtype)
+    np.testing.assert_array_equal(q.float().numpy(), textbook_fp8(x * scale, dtype))  # x * scale: fp32 product
+    back = dequantize(q, torch.tensor(scale)).numpy()
+    np.testing.assert_array_equal(back, textbook_fp8(x * scale, dtype).astype(np.float32) / scale)
+
+
+@pytest.mark.parametrize("dtype", [E4M3, E5M2], ids=str)
+@pytest.mark.parametrize("algo", ["max", "most_recent"])
+@pytest.mark.parametrize("margin", [0, 3])
+def test_compute_scale_against_the_recipe_formula(dtype, algo, margin):
+    """scale = fp8 max / amax / 2^margin, amax the history's max or its newest row, in fp64 here; the
+    previous scale where amax is 0 or not finite."""
+    rng = np.random.default_rng(margin)
+    history = np.exp2(rng.uniform(-8, 8, (4, 6)))
+    history[:, 3] = 0.0
+    history[1, 4] = np.inf
+    history[0, 5] = np.nan
+    previous = np.arange(1.0, 7.0)
+    got = compute_scale(torch.tensor(history, dtype=torch.float32), torch.tensor(previous, dtype=torch.float32),
+                        dtype, margin, algo).double().numpy()
+    history32 = history.astype(np.float32).astype(np.float64)
+    amax = history32.max(0) if algo == "max" else history32[0]
+    usable = np.isfinite(amax) & (amax > 0)
+    want = np.where(usable, FP8_FORMATS[dtype][2] / np.where(usable, amax, 1.0) / 2.0 ** margin, previous)
+    # fp32 arithmetic, but not one correctly rounded division: torch's CPU result was measured 1.2 units
+    # of 2^-24 off the fp64 quotient (a product with the reciprocal: two roundings of 2^-24 each)
+    np.testing.assert_allclose(got, want, rtol=2.0 ** -23, atol=0)
+    if algo == "max":
+        assert got[4] == previous[4] and got[3] == previous[3]  # inf and 0 amax keep the old scale
+    assert got[5] == previous[5] if algo == "most_recent" else np.isfinite(got[5])
 
 
 @pytest.mark.parametrize("dtype", [E4M3, E5M2], ids=str)

@@ -1,11 +1,17 @@
-"""layer_norm / rms_norm (Triton) against fp64 and torch's own low-precision implementation."""
+"""layer_norm / rms_norm (Triton) against fp64 and torch's own low-precision implementation; the references
+first against the textbook formulas."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_numerics import DEVICE, check_forward_backward, force_triton  # noqa: F401 (autouse fixture)
+from kernel_numerics import (  # noqa: F401 (force_triton: autouse fixture)
+    DEVICE,
+    check_forward_backward,
+    check_reference,
+    force_triton,
+)
 from torch import nn
 
 from kernels.layer_norm import FusedLayerNorm, layer_norm, layer_norm_ref
@@ -38,6 +44,28 @@ def _with_residual(norm):
     return apply
 
 
+# The textbook definitions, in elementary ops (never F.layer_norm / F.rms_norm, which the references call
+# or mirror): over the last dimension of n elements,
+#   LayerNorm(h) = (h - mean(h)) / sqrt(mean((h - mean(h))^2) + eps) * w + b     (biased variance)
+#   RMSNorm(h)   = h / sqrt(mean(h^2) + eps) * w
+def textbook_layer_norm(eps):
+    def norm(h, w, b):
+        n = h.shape[-1]
+        mean = h.sum(-1, keepdim=True) / n
+        variance = ((h - mean) * (h - mean)).sum(-1, keepdim=True) / n
+        y = (h - mean) / torch.sqrt(variance + eps)
+        y = y * w if w is not None else y
+        return y + b if b is not None else y
+    return _with_residual(norm)
+
+
+def textbook_rms_norm(eps):
+    def norm(h, w):
+        y = h / torch.sqrt((h * h).sum(-1, keepdim=True) / h.shape[-1] + eps)
+        return y * w if w is not None else y
+    return _with_residual(norm)
+
+
 # every shape with and without the affine parameters, weight-without-bias on one shape
 LN_CASES = [(shape, affine) for shape in SHAPES for affine in ("both", "none")] + [(SHAPES[1], "weight")]
 
@@ -52,7 +80,7 @@ def test_layer_norm(dtype, shape, affine, residual):
     check_forward_backward(lambda x, r, w, b: layer_norm(x, w, b, eps, residual=r),
                            baseline,
                            lambda x, r, w, b: layer_norm_ref(x, w, b, eps, residual=r),
-                           [x, r, w, b])
+                           [x, r, w, b], textbook_fn=textbook_layer_norm(eps))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -64,19 +92,52 @@ def test_rms_norm(dtype, shape, residual):
     eps = 1e-6
     baseline = _with_residual(lambda h, w: F.rms_norm(h, (h.shape[-1],), w, eps))
     check_forward_backward(lambda x, r, w: rms_norm(x, w, eps, residual=r), baseline,
-                           lambda x, r, w: rms_norm_ref(x, w, eps, residual=r), [x, r, w])
+                           lambda x, r, w: rms_norm_ref(x, w, eps, residual=r), [x, r, w],
+                           textbook_fn=textbook_rms_norm(eps))
+
+
+def test_textbook_formulas_on_hand_computed_rows():
+    """The textbook functions themselves, on rows worked out on paper (so that the formula the references
+    are held to is not itself a copy of a mistake)."""
+    row = torch.tensor([[1.0, 2.0, 3.0, 6.0]], dtype=torch.float64)  # mean 3, mean((x-3)^2) = 3.5, mean(x^2) = 12.5
+    layer = textbook_layer_norm(0.0)(row, None, None, None)
+    torch.testing.assert_close(layer, (row - 3.0) / 3.5 ** 0.5, rtol=1e-15, atol=0)
+    rms = textbook_rms_norm(0.0)(row, None, None)
+    torch.testing.assert_close(rms, row / 12.5 ** 0.5, rtol=1e-15, atol=0)
+    # eps adds inside the square root; a weight and bias scale and shift per column; the residual is added first
+    y, h = textbook_rms_norm(0.5)(row, -row, torch.ones(4, dtype=torch.float64))
+    assert torch.equal(h, torch.zeros_like(row)) and torch.equal(y, torch.zeros_like(row))
+    y = textbook_layer_norm(1.0)(row, None, torch.tensor([2.0, 2.0, 2.0, 2.0], dtype=torch.float64),
+                                 torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(y, 2 * (row - 3.0) / 4.5 ** 0.5 + torch.tensor([0.0, 0.0, 0.0, 1.0],
+                                                                             dtype=torch.float64), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 7), (2, 3, 129)], ids=str)
+def test_references_on_small_awkward_shapes(shape):
+    """A single element (LayerNorm of it is 0, its gradient 0), two, and odd widths; a large offset mean,
+    where mean(x^2) and the variance differ most."""
+    for residual in (False, True):
+        x, r, w, b = _inputs(shape, torch.float64, residual, "both", seed=4)
+        x = x + 20.0
+        check_reference(lambda x, r, w, b: layer_norm_ref(x, w, b, 1e-5, residual=r), textbook_layer_norm(1e-5),
+                        [x, r, w, b])
+        check_reference(lambda x, r, w: rms_norm_ref(x, w, 1e-6, residual=r), textbook_rms_norm(1e-6), [x, r, w])
 
 
 def test_unused_sum_and_sum_only_gradients():
-    """Gradient arriving only at y, or only at the returned sum, reaches x and residual correctly."""
+    """Gradient arriving only at y, or only at the returned sum, reaches x and residual correctly (against
+    the textbook formula in fp64)."""
     x, r, w, b = _inputs((4, 40), torch.float32, True, "both")
     for pick in (0, 1):
         leaves = [t.clone().requires_grad_() for t in (x, r)]
-        ref_leaves = [t.clone().requires_grad_() for t in (x, r)]
+        want_leaves = [t.double().requires_grad_() for t in (x, r)]
         layer_norm(*leaves[:1], w, b, residual=leaves[1])[pick].sum().backward()
-        layer_norm_ref(ref_leaves[0], w, b, residual=ref_leaves[1])[pick].sum().backward()
-        for got, want in zip(leaves, ref_leaves):
-            torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-5)
+        textbook_layer_norm(1e-5)(*want_leaves, w.double(), b.double())[pick].sum().backward()
+        for got, want in zip(leaves, want_leaves):
+            torch.testing.assert_close(got.grad.double(), want.grad, atol=1e-5, rtol=1e-5)
+        if pick == 1:  # d(sum h)/dx = d(sum h)/dr = 1 exactly
+            assert torch.equal(leaves[0].grad, torch.ones_like(x)) and torch.equal(leaves[1].grad, torch.ones_like(r))
 
 
 def test_modules_interchange_state_dicts_with_torch():
@@ -97,8 +158,17 @@ def test_modules_interchange_state_dicts_with_torch():
     torch.testing.assert_close(rms_ours(x), rms_theirs(x))
 
 
-def test_reference_path_off_cuda(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_reference_path_off_cuda(monkeypatch, dtype):
+    """What runs off CUDA (MLPERF_KERNELS=reference): the public functions in low precision, held to the
+    same derived bound as the kernel, against the textbook-checked fp64 reference."""
     monkeypatch.setenv("MLPERF_KERNELS", "reference")
-    x, r, w, b = _inputs((2, 16), torch.float32, True, "both")
-    for got, want in zip(layer_norm(x, w, b, residual=r), layer_norm_ref(x, w, b, residual=r)):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    x, r, w, b = _inputs((3, 5, 48), dtype, True, "both")
+    check_forward_backward(lambda x, r, w, b: layer_norm(x, w, b, 1e-5, residual=r),
+                           _with_residual(lambda h, w, b: F.layer_norm(h, (h.shape[-1],), w, b, 1e-5)),
+                           lambda x, r, w, b: layer_norm_ref(x, w, b, 1e-5, residual=r), [x, r, w, b],
+                           textbook_fn=textbook_layer_norm(1e-5))
+    check_forward_backward(lambda x, r, w: rms_norm(x, w, 1e-6, residual=r),
+                           _with_residual(lambda h, w: F.rms_norm(h, (h.shape[-1],), w, 1e-6)),
+                           lambda x, r, w: rms_norm_ref(x, w, 1e-6, residual=r), [x, r, w],
+                           textbook_fn=textbook_rms_norm(1e-6))

@@ -105,14 +105,19 @@ def test_full_size_sharding_plan_for_8_h100_on_meta():
 
 
 def test_cross_layer_is_x0_times_projection_plus_bias_plus_x():
+    """DCNv2's cross layer x0 * (U (V x) + b) + x, on numbers worked out by hand: in 3 features, rank 2."""
     from models.dlrm_dcnv2.model import LowRankCrossLayer
 
-    layer = LowRankCrossLayer(7, 3)
+    layer = LowRankCrossLayer(3, 2)
     with torch.no_grad():
-        layer.up.bias.normal_()
-    x0, x = torch.randn(4, 7), torch.randn(4, 7)
-    expected = x0 * (x @ layer.down.weight.T @ layer.up.weight.T + layer.up.bias) + x
-    torch.testing.assert_close(layer(x0, x), expected)
+        layer.down.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, -1.0, 1.0]]))  # V (rank x in)
+        layer.up.weight.copy_(torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, -3.0]]))  # U (in x rank)
+        layer.up.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x0 = torch.tensor([[2.0, 3.0, -1.0], [0.0, 1.0, 1.0]])
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, -2.0]])
+    # row 0: V x = (1 + 6, -2 + 3) = (7, 1); U V x + b = (8.5, 13, -1); x0 * that + x = (18, 41, 4)
+    # row 1: V x = (4 - 4, 0 - 2) = (0, -2); U V x + b = (-1.5, -1, 8); x0 * that + x = (4, -1, 6)
+    assert torch.equal(layer(x0, x), torch.tensor([[18.0, 41.0, 4.0], [4.0, -1.0, 6.0]]))
 
 
 # -- AUROC ----------------------------------------------------------------------------------------------
@@ -143,7 +148,7 @@ def test_auroc_matches_scikit_learn_and_torchmetrics(name, scores, labels):
 
 def test_auroc_of_one_class_is_nan_and_shapes_are_checked():
     assert np.isnan(binary_auroc(torch.rand(10), torch.zeros(10)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3 scores but 4 labels"):
         binary_auroc(torch.rand(3), torch.ones(4))
 
 
@@ -179,17 +184,36 @@ def test_flavours_keep_the_closed_optimizer_settings_and_rcp_points():
         bad.optim.check()
 
 
-def test_real_eval_cadence_is_20_per_epoch_in_epoch_fractions():
-    from models.dlrm_dcnv2.benchmark import DLRMBenchmark
+# 4,195,197,692 training samples (days 0..22): at GBS 55296, 75868 full steps (55296 * 75868 = 4,195,196,928,
+# 764 left over) and an eval every 4,195,197,692 // 1,105,920 = 3793 steps (20 * 3793 = 75860: an 8-step tail);
+# at GBS 135168, 31036 steps (135168 * 31036 = 4,195,074,048) and an eval every 1551 (20 * 1551 = 31020: 16 left).
+@pytest.mark.parametrize("flavour,steps_per_epoch,steps_per_eval,first_fraction,twentieth_fraction", [
+    (dgxh100_1x8, 75868, 3793, 0.049995, 0.999895),  # 3793 / 75868 = 0.0499947..., 75860 / 75868 = 0.9998945...
+    (dgxh100_8x8, 31036, 1551, 0.049974, 0.999484),  # 1551 / 31036 = 0.0499742..., 31020 / 31036 = 0.9994844...
+])
+def test_real_eval_cadence_is_20_per_epoch_in_epoch_fractions(monkeypatch, flavour, steps_per_epoch, steps_per_eval,
+                                                              first_fraction, twentieth_fraction):
+    """The cadence DLRMBenchmark.__init__ derives from the config (the model, its sharding and optimizer
+    stubbed out: the full-size tables are not built), against the hand-computed figures above."""
+    from types import SimpleNamespace
 
-    bench = DLRMBenchmark.__new__(DLRMBenchmark)  # cadence only: no model
-    bench.cfg = dgxh100_1x8()
-    bench.steps_per_epoch = 4_195_197_692 // 55296
-    bench.steps_per_eval = 4_195_197_692 // (55296 * 20)
+    from models.dlrm_dcnv2 import benchmark
+
+    monkeypatch.setattr(benchmark, "build_dlrm", lambda *args, **kwargs: torch.nn.Linear(1, 1, device="meta"))
+    monkeypatch.setattr(benchmark, "parallelize", lambda model, *args, **kwargs: model)
+    monkeypatch.setattr(benchmark, "dense_optimizer", lambda params, optim: None)
+    cfg = flavour()
+    assert cfg.data.train_samples == 4_195_197_692 and cfg.train.evals_per_epoch == 20
+    ctx = SimpleNamespace(launch=SimpleNamespace(world_size=8, local_world_size=8, rank=0), layout=None,
+                          device=torch.device("meta"), seed=0)
+    bench = benchmark.DLRMBenchmark(cfg, ctx)
+    gbs = cfg.train.global_batch_size
+    assert (bench.steps_per_epoch, bench.steps_per_eval, bench.local_batch) == (steps_per_epoch, steps_per_eval,
+                                                                                gbs // 8)
     blocks = bench.blocks()
-    assert (bench.steps_per_epoch, bench.steps_per_eval) == (75868, 3793)
-    assert len(blocks) == 21 and sum(b.steps for b in blocks) == 75868  # 20 evals + the epoch's 8-step tail
+    assert len(blocks) == 21  # 20 evals + the epoch's tail
+    assert [b.steps for b in blocks] == [steps_per_eval] * 20 + [steps_per_epoch - 20 * steps_per_eval]
     fractions = [b.eval_metadata["epoch_num"] for b in blocks]
-    assert [round(f, 3) for f in fractions[:20]] == [round(0.05 * k, 3) for k in range(1, 21)]
-    assert fractions[-1] == 1.0
-    assert blocks[1].start_metadata == {"samples_count": 3793 * 55296}
+    assert (fractions[0], fractions[19], fractions[20]) == (first_fraction, twentieth_fraction, 1.0)
+    assert all(abs(f - 0.05 * k) < 1e-3 for k, f in enumerate(fractions[:20], start=1))  # the reference's 0.05 steps
+    assert blocks[1].start_metadata == {"samples_count": steps_per_eval * gbs}

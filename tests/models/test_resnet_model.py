@@ -40,22 +40,45 @@ def test_parameter_count_and_shapes_match_torchvision(resnet50):
     assert sum(p.numel() for p in resnet50.parameters()) == TORCHVISION_RESNET50_PARAMS
 
 
-def test_same_outputs_as_torchvision_in_eval(resnet50):
-    generator = torch.Generator().manual_seed(1)
-    state = resnet50.state_dict()
-    for key, value in state.items():  # non-trivial BN affine, running stats and FC bias
+def _randomise_norms_and_biases(model: nn.Module, generator: torch.Generator) -> dict:
+    """Non-trivial BN affine, running stats and FC bias (a freshly built model has 1, 0 and 0 there)."""
+    state = model.state_dict()
+    for key, value in state.items():
         if key.endswith("running_var") or (key.endswith("weight") and value.ndim == 1):
             value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
         elif value.ndim == 1 and value.is_floating_point():
             value.copy_(0.1 * torch.randn(value.shape, generator=generator))
-    with torch.device("meta"):  # no point initialising 25M weights that are overwritten at once
-        reference = torchvision.models.resnet50()
+    return state
+
+
+def _assert_same_outputs_as(reference: nn.Module, ours: nn.Module, generator: torch.Generator, size: int) -> None:
+    state = _randomise_norms_and_biases(ours, generator)
     reference.load_state_dict({to_torchvision_name(k): v for k, v in state.items()}, strict=True, assign=True)
-    images = torch.randn(2, 3, 64, 64, generator=generator)
+    images = torch.randn(2, 3, size, size, generator=generator)
     with torch.no_grad():
         expected = reference.eval()(images)
-        actual = resnet50.eval()(images)
+        actual = ours.eval()(images)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_same_outputs_as_torchvision_in_eval(resnet50):
+    with torch.device("meta"):  # no point initialising 25M weights that are overwritten at once
+        reference = torchvision.models.resnet50()
+    _assert_same_outputs_as(reference, resnet50, torch.Generator().manual_seed(1), 64)
+
+
+def test_other_depths_and_class_counts_match_torchvision():
+    """The knobs the debug flavour turns (one bottleneck per stage, 16 classes) against torchvision's ResNet
+    built with the same layers, values not just shapes; base_width has no torchvision counterpart (its stem
+    is fixed at 64), so it is checked through the channel counts below."""
+    from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
+    from torchvision.models.resnet import ResNet
+
+    torch.manual_seed(0)
+    ours = build_resnet(ResNetModelConfig(depths=(1, 1, 1, 1), num_classes=16))
+    with torch.device("meta"):
+        reference = ResNet(TorchvisionBottleneck, [1, 1, 1, 1], num_classes=16)
+    _assert_same_outputs_as(reference, ours, torch.Generator().manual_seed(2), 48)
 
 
 def test_v15_stride_on_the_3x3_conv_and_projection_on_first_blocks():
@@ -121,8 +144,34 @@ def test_debug_flavour_shapes():
     model = build_resnet(DEBUG)
     assert model(torch.randn(3, 3, 56, 56)).shape == (3, 16)
     assert model.fc.in_features == 16 * 8 * 4
+    # base 16: stage widths 16, 32, 64, 128, outputs 4x that (the bottleneck expansion)
+    assert [stage[0].conv2.out_channels for stage in model.stages] == [16, 32, 64, 128]
+    assert [stage[-1].conv3.out_channels for stage in model.stages] == [64, 128, 256, 512]
     no_pool = build_resnet(ResNetModelConfig(depths=(1, 1), base_width=8, num_classes=5, stem_stride_pool=False))
     assert no_pool(torch.randn(2, 3, 20, 20)).shape == (2, 5)
+    # without the stride-2 stem and the max-pool, stage 1 sees the full 20 x 20 and stage 2 halves it
+    sizes = []
+    for stage in no_pool.stages:
+        stage.register_forward_hook(lambda module, args, out: sizes.append(tuple(out.shape[1:])))
+    no_pool(torch.randn(1, 3, 20, 20))
+    assert sizes == [(32, 20, 20), (64, 10, 10)]
+
+
+def test_eval_logits_are_the_fc_of_the_pooled_features():
+    """A property, independent of how the stages compute: in eval, each image's logits depend on that image
+    only, and are the linear head of the global average of the last stage's output."""
+    torch.manual_seed(0)
+    model = build_resnet(DEBUG).eval()
+    images = torch.randn(3, 3, 40, 40)
+    features = []
+    model.stages[-1].register_forward_hook(lambda module, args, out: features.append(out))
+    with torch.no_grad():
+        logits = model(images)
+        alone = model(images[1:2])
+    torch.testing.assert_close(alone, logits[1:2], rtol=1e-5, atol=1e-6)
+    pooled = features[0].double().mean((2, 3))
+    expected = pooled @ model.fc.weight.double().T + model.fc.bias.double()
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_lars_groups_split_by_what_a_parameter_is(resnet50):

@@ -52,6 +52,9 @@ def test_open_day_checks_the_three_files_against_each_other(two_days):
     day = fmt.open_day(str(path), 1, SIZES)
     assert day.rows == 7 and len(day.sparse) == 3
     np.testing.assert_array_equal(day.dense, days[1][0])
+    np.testing.assert_array_equal(day.labels, days[1][1])
+    for member, written in zip(day.sparse, days[1][2]):
+        np.testing.assert_array_equal(member, written)
     assert fmt.day_rows(str(path), 0) == 10
 
 

@@ -168,8 +168,14 @@ def test_whole_chain_from_tsv_to_files_the_loader_reads(raw_days, tmp_path):
 
     table_rows = tuple(int(x) for x in rows.split(","))
     days = [fmt.open_day(str(tmp_path / "data"), d) for d in range(DAYS)]
-    batch = CriteoReader(days[:-1], table_rows, fmt.MULTI_HOT_SIZES).read(60, 5)  # across the day boundary
+    batch = CriteoReader(days[:-1], table_rows, fmt.MULTI_HOT_SIZES).read(60, 5)  # the training set's last rows
     assert batch.sparse.values().numel() == 5 * sum(fmt.MULTI_HOT_SIZES)
+    # the same rows of the training days concatenated by hand, feature by feature
+    np.testing.assert_array_equal(batch.dense.numpy(), np.concatenate([d.dense for d in days[:-1]])[60:65])
+    np.testing.assert_array_equal(batch.labels.numpy(), np.concatenate([d.labels for d in days[:-1]])[60:65, 0])
+    for k in range(len(fmt.MULTI_HOT_SIZES)):
+        want = np.concatenate([d.sparse[k] for d in days[:-1]])[60:65].reshape(-1)
+        np.testing.assert_array_equal(batch.sparse[f"cat_{k}"].values().numpy(), want)
     # the validation day is not shuffled: its one-hot ids are the contiguous ids of the raw day, in order
     step2 = np.load(tmp_path / "tmp" / "step2" / f"day_{DAYS - 1}_sparse.npy")
     np.testing.assert_array_equal(days[-1].sparse[20][:, 0], step2[:, 20] % table_rows[20])

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.imagenet import format as fmt
 from pipelines import tfrecord
+from pipelines.imagenet import format as fmt
 from pipelines.imagenet import synthetic
 from pipelines.imagenet.loader import sample_distorted_bounding_box
 from pipelines.imagenet.prepare import build_tfrecords, verify_dataset

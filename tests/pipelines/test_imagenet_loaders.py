@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.imagenet import format as fmt
 from pipelines import tfrecord
+from pipelines.imagenet import format as fmt
 from pipelines.imagenet.loader import build_eval_loader, build_train_loader
 from pipelines.imagenet.synthetic import write_synthetic_imagenet
 
@@ -233,7 +233,7 @@ def test_dali_eval_matches_torch_eval(data_dir, tmp_path):
     _, batches = eval_batches(data_dir, world_size=1, rank=0)
     torch_images, torch_labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     loaders = [dali_eval(data_dir, str(tmp_path), world_size=2, rank=r) for r in range(2)]
-    for epoch in range(2):  # the second pass checks the padded last batch does not shift the next
+    for _epoch in range(2):  # the second pass checks the padded last batch does not shift the next
         outputs = [b for loader in loaders for b in loader]
         images, labels = torch.cat([b[0] for b in outputs]), torch.cat([b[1] for b in outputs])
         assert [loader.local_samples for loader in loaders] == [10, 10]  # DALI shards are contiguous

@@ -164,7 +164,7 @@ def test_blend_starts_after_the_consumed_samples(tmp_path):
     assert len(tail) == 30 and tail.consumed_samples == 20
     for i in range(30):
         np.testing.assert_array_equal(tail[i]["tokens"], whole[20 + i]["tokens"])
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="sample 30 of a blend of 30"):
         tail[30]
 
 

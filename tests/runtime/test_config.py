@@ -48,11 +48,24 @@ def test_real_flavour_is_the_rcp_point():
 
 
 def test_snapshot(tmp_path):
+    import dataclasses
+    import importlib.metadata
+    import platform
+    import subprocess
+    from pathlib import Path
+
     cfg = SPEC.config("debug")
+    apply_overrides(cfg, ["optim.base_lr=3.25", "model.depths=2,1,1,1"])  # the resolved config, not the flavour's
     write_run_snapshot(str(tmp_path), "resnet", "debug", cfg, {"layout": "world=1"})
     snap = json.loads((tmp_path / "run_config.json").read_text())
-    assert snap["config"]["optim"]["base_lr"] == cfg.optim.base_lr
-    assert snap["packages"]["torch"].startswith("2.") and snap["git_revision"]
+    assert (snap["benchmark"], snap["flavour"], snap["layout"]) == ("resnet", "debug", "world=1")
+    assert snap["config"] == json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # every field
+    assert snap["config"]["optim"]["base_lr"] == 3.25 and snap["config"]["model"]["depths"] == [2, 1, 1, 1]
+    assert snap["packages"]["torch"] == importlib.metadata.version("torch")
+    assert snap["packages"]["python"] == platform.python_version()
+    repo = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert snap["git_revision"] in (head, head + "-dirty"), snap["git_revision"]
 
 
 def test_precision_names():

@@ -21,8 +21,15 @@ import os
 import sys
 from collections import Counter
 
-from pipelines.imagenet.format import (SPLIT_RECORDS, SPLIT_SHARDS, NUM_CLASSES, ImageNetFormatError,
-                                       build_index, decode_image_example, find_shards)
+from pipelines.imagenet.format import (
+    NUM_CLASSES,
+    SPLIT_RECORDS,
+    SPLIT_SHARDS,
+    ImageNetFormatError,
+    build_index,
+    decode_image_example,
+    find_shards,
+)
 from pipelines.tfrecord import TFRecordError, iter_records
 
 _JPEG_SOI = b"\xff\xd8"

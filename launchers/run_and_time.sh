@@ -11,6 +11,9 @@
 #   RUNDIR               the run directory (default $LOGDIR/<benchmark>_<jobid>)
 #   SEED                 passed as --seed when set; otherwise the entry point draws a fresh one
 #   LOAD_CHECKPOINTS_PATH  the initial checkpoint, passed as data.init_checkpoint (GPT-3's reference checkpoint)
+#   CHECKPOINT_DIR       the run's own checkpoints, passed as run.checkpoint_dir: saved on SIGTERM (exit 143), and
+#                        resumed from when the same command runs again (run.sub sets one per run)
+#   CHECKPOINT_EVERY_BLOCKS  also save every N blocks (run.checkpoint_every_blocks; 0 or unset: only on SIGTERM)
 #   EXTRA_ARGS           dotted overrides, e.g. "optim.base_lr=4 train.max_epochs=20"; "$@" is appended too
 #   TENSOR_MODEL_PARALLEL, PIPELINE_MODEL_PARALLEL, INTERLEAVED_PIPELINE, MICRO_BATCH_SIZE, MINIBS
 #                        NVIDIA's GPT-3 layout and batch variables: parallel.tp, parallel.pp, train.virtual_pp,
@@ -47,6 +50,7 @@ DATADIR="$(absolute "$DATADIR")"
 LOGDIR="$(absolute "${LOGDIR:-$REPO/results}")"
 JOBID="${SLURM_JOB_ID:-${RDZV_ID:-local}}"
 RUNDIR="$(absolute "${RUNDIR:-$LOGDIR/${BENCHMARK}_${JOBID}}")"
+[[ -z "${CHECKPOINT_DIR:-}" ]] || CHECKPOINT_DIR="$(absolute "$CHECKPOINT_DIR")"
 PYTHON="${PYTHON:-python}"
 cd "$REPO"   # `python -m runtime.train` resolves the package from here, in or out of the container
 
@@ -75,6 +79,12 @@ if [[ "${NVTX_FLAG:-0}" == 1 ]]; then
     entry+=("run.profile_start_step=${PROFILE_START_STEP:-10}" "run.profile_stop_step=${PROFILE_STOP_STEP:-20}")
 fi
 [[ -n "${LOAD_CHECKPOINTS_PATH:-}" ]] && entry+=("data.init_checkpoint=$LOAD_CHECKPOINTS_PATH")
+[[ -n "${CHECKPOINT_DIR:-}" ]] && entry+=("run.checkpoint_dir=$CHECKPOINT_DIR")
+if [[ -n "${CHECKPOINT_EVERY_BLOCKS:-}" ]]; then
+    [[ "$CHECKPOINT_EVERY_BLOCKS" =~ ^[0-9]+$ ]] ||
+        refuse "CHECKPOINT_EVERY_BLOCKS=$CHECKPOINT_EVERY_BLOCKS: expected a number of blocks (0: only on SIGTERM)"
+    entry+=("run.checkpoint_every_blocks=$CHECKPOINT_EVERY_BLOCKS")
+fi
 read -ra extra_args <<< "${EXTRA_ARGS:-}"
 overrides=("${extra_args[@]}" "$@")
 
@@ -190,6 +200,11 @@ if [[ "${DRYRUN:-0}" == 1 ]]; then
 fi
 
 # --- the timed run --------------------------------------------------------------------------------------
+# Slurm ends a job (requeue, preemption, time limit) with SIGTERM to every process of it at once, the training
+# processes included, which save a checkpoint and exit 143 on it. This script outlives them instead of dying
+# first: a step ends with its tasks, and slurmstepd then kills what is left of it, a rank in mid-save included.
+# (The trap runs once the command has exited; the command gets its own SIGTERM, not one from here.)
+trap 'echo "run_and_time: SIGTERM: rank $rank waited for its run to stop" >&2' TERM
 start=$(date +%s.%N)
 echo "STARTING TIMING RUN AT $(date '+%Y-%m-%d %r') ($LAUNCH_MODE, rank $rank): ${cmd[*]}"
 rc=0

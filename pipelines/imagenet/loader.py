@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipelines.imagenet.format import MEAN_RGB, ImageNetFormatError, ImageRecord, RecordIndex, build_index
+from pipelines.workers import ignore_sigterm
 
 _PREFETCH_BATCHES_PER_WORKER = 4
 
@@ -206,7 +207,7 @@ class ImageNetLoader:
         self._mean = torch.tensor(MEAN_RGB, dtype=torch.float32).view(1, 3, 1, 1)
         self._loader = DataLoader(
             _RecordDataset(index, transform), batch_sampler=batches, collate_fn=_collate,
-            num_workers=num_workers, persistent_workers=num_workers > 0,
+            num_workers=num_workers, persistent_workers=num_workers > 0, worker_init_fn=ignore_sigterm,
             prefetch_factor=_PREFETCH_BATCHES_PER_WORKER if num_workers > 0 else None,
             pin_memory=self._device is not None and self._device.type == "cuda")
 

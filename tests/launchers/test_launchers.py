@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,7 +39,8 @@ _LAUNCH_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_
                 "LAUNCH_MODE", "RUNDIR", "LOGDIR", "DATADIR", "BENCHMARK", "FLAVOUR", "CONT", "NEXP",
                 "LOAD_CHECKPOINTS_PATH", "MLPERF_REPO", "WALLTIME", "WALLTIME_RUNANDTIME", "WALLTIME_MARGIN",
                 "ENABLE_IB_BINDING", "TENSOR_MODEL_PARALLEL", "PIPELINE_MODEL_PARALLEL", "INTERLEAVED_PIPELINE",
-                "MICRO_BATCH_SIZE", "MINIBS", "PREPROC_DATA", "SPM"}
+                "MICRO_BATCH_SIZE", "MINIBS", "PREPROC_DATA", "SPM", "CHECKPOINT_DIR", "CHECKPOINT_EVERY_BLOCKS",
+                "SAVE_CHECKPOINTS", "DATESTAMP"}
 
 
 def clean_env(tmp_path: Path | None = None, **overrides) -> dict:
@@ -168,6 +170,48 @@ def test_the_initial_checkpoint_is_passed_as_data_init_checkpoint(tmp_path):
     assert entry_args(cmd)[-2:] == ["data.init_checkpoint=/load_checkpoints", "parallel.tp=2"]
     _, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, RUNDIR="/r"))
     assert not any(a.startswith("data.init_checkpoint") for a in cmd)
+
+
+def test_checkpoint_dir_and_interval_become_the_run_overrides(tmp_path):
+    """run.sub hands each run its checkpoint directory as CHECKPOINT_DIR (saved on SIGTERM, resumed when the same
+    command runs again); CHECKPOINT_EVERY_BLOCKS adds periodic saves. Relative means relative to the caller."""
+    env = base_env(tmp_path, RUNDIR="/r", CHECKPOINT_DIR="results/r_1_checkpoint", CHECKPOINT_EVERY_BLOCKS=2,
+                   EXTRA_ARGS="optim.base_lr=4")
+    r = run(["bash", RUN_AND_TIME], {**env, "DRYRUN": "1"}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cmd = shlex.split(r.stdout.splitlines()[1][len("DRYRUN:"):])
+    assert run_overrides(cmd) == [f"run.checkpoint_dir={tmp_path}/results/r_1_checkpoint",
+                                  "run.checkpoint_every_blocks=2", "optim.base_lr=4"]
+    _, cmd = dryrun(RUN_AND_TIME, base_env(tmp_path, RUNDIR="/r", CHECKPOINT_DIR="", CHECKPOINT_EVERY_BLOCKS=""))
+    assert not any(a.startswith("run.checkpoint") for a in cmd)
+    assert "CHECKPOINT_EVERY_BLOCKS=often: expected a number of blocks" in refused(
+        tmp_path, CHECKPOINT_EVERY_BLOCKS="often")
+
+
+def test_on_sigterm_run_and_time_waits_for_the_run_to_save_and_exit(tmp_path):
+    """Slurm signals every process of a job at once: run_and_time.sh must not die before the training process it
+    started, which saves a checkpoint and exits 143 (slurmstepd kills what is left of a step once its tasks end)."""
+    ready = tmp_path / "ready"
+    fake_python = fake_tool(tmp_path / "bin", "python", f"""
+trap 'echo "rank: SIGTERM, saving"; sleep 1; echo "rank: saved"; exit 143' TERM
+touch {ready}
+for _ in $(seq 600); do sleep 0.1; done
+exit 1""")
+    env = base_env(tmp_path, LAUNCH_MODE="direct", PYTHON=fake_python, RUNDIR=tmp_path / "run")
+    proc = subprocess.Popen(["bash", str(RUN_AND_TIME)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 30
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)  # as Slurm does: the script and the run alike
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    assert out.index("rank: saved") < out.index("ENDING TIMING RUN AT"), out
+    assert "run_and_time: resnet rank 0 exit 143 after" in out
+    assert "run_and_time: SIGTERM: rank 0 waited for its run to stop" in err
 
 
 def test_relative_paths_are_the_callers(tmp_path):
@@ -754,6 +798,100 @@ def test_run_sub_takes_nvidias_preproc_data_and_refuses_spm(tmp_path):
     assert r.returncode == 2 and "run.sub: DATADIR and PREPROC_DATA differ" in r.stderr
 
 
+def test_run_sub_requeued_job_continues_where_it_was(tmp_path):
+    """A job Slurm requeued (same job id, SLURM_RESTART_COUNT > 0) runs run.sub again: it keeps the DATESTAMP,
+    skips the runs that finished (counted as they ended), resumes the interrupted run with its seed and checkpoint
+    directory under a log of its own per attempt, and starts the runs that never began afresh."""
+    tools, steps_file = fake_slurm(tmp_path, "RUNDIR", "SEED", "CHECKPOINT_DIR", "CHECKPOINT_EVERY_BLOCKS")
+    # The "ranks": run 1 ends without reaching its target (3); run 2, while FAKE_PREEMPT is set, is ended as Slurm
+    # ends a job: SIGTERM to every process of it (here its process group), after which the ranks, which Slurm
+    # started and not srun, save and exit 143.
+    srun = tools / "srun"
+    srun.write_text(srun.read_text() + """
+if [[ "${@: -1}" == */run_and_time.sh ]]; then
+    echo "ranks of $RUNDIR, seed $SEED"
+    case "$RUNDIR" in
+        *_1) exit 3 ;;
+        *_2) if [[ -n "${FAKE_PREEMPT:-}" ]]; then
+                 kill -TERM 0
+                 sleep 1
+                 echo "ranks: SIGTERM, checkpoint saved"
+                 exit 143
+             fi ;;
+    esac
+fi
+""")
+    logdir = tmp_path / "results"
+    (tmp_path / "imagenet").mkdir()
+    env = clean_env(SLURM_JOB_ID=4713, SLURM_JOB_NUM_NODES=1, SLURM_JOB_NODELIST="node001", MLPERF_REPO=REPO,
+                    BENCHMARK="resnet", CONT="nvcr.io#mlperf/stack:1", DATADIR=tmp_path / "imagenet", LOGDIR=logdir,
+                    CLEAR_CACHES=0, NCCL_TEST=0, CHECKPOINT_EVERY_BLOCKS=2)
+    env.update(source_config(LAUNCHERS / "resnet" / "config_DGXH100_01x08x408.sh", NEXP=3))
+    env["PATH"] = f"{tools}:{env['PATH']}"
+
+    def start(**extra) -> tuple[subprocess.CompletedProcess, list[dict]]:
+        steps_file.unlink(missing_ok=True)
+        r = run(["bash", LAUNCHERS / "run.sub"], {**env, **{k: str(v) for k, v in extra.items()}},
+                start_new_session=True)  # its own process group: the fake SIGTERM reaches nothing else
+        steps = [json.loads(line) for line in steps_file.read_text().splitlines()]
+        return r, steps
+
+    def training(steps):
+        return {s["env"]["RUNDIR"].rsplit("_", 1)[1]: s["env"] for s in steps
+                if s["argv"][-1].endswith("/run_and_time.sh")}
+
+    def checked(steps):
+        return [s["argv"][-1] for s in steps if "mlperf_logging.compliance_checker" in s["argv"]]
+
+    # First start: run 1 ends (3), run 2 is preempted; run.sub waits for its ranks, then stops with 143.
+    first, steps = start(FAKE_PREEMPT=1)
+    assert first.returncode == 143, first.stdout[-3000:] + first.stderr[-3000:]
+    state = logdir / "job_4713_state"
+    base = (state / "datestamp").read_text().strip()
+    runs = training(steps)
+    assert sorted(runs) == ["1", "2"]
+    seed2 = runs["2"]["SEED"]
+    assert runs["2"]["CHECKPOINT_DIR"] == f"/results/{base}_2_checkpoint"
+    assert runs["2"]["CHECKPOINT_EVERY_BLOCKS"] == "2"
+    assert checked(steps) == [f"/results/{base}_1.log"]  # the interrupted run is not checked
+    stopped = f"run.sub: run 2 stopped on SIGTERM (exit 143; log {logdir}/{base}_2.log)"
+    assert stopped in first.stderr, first.stderr[-3000:]
+    first_log = (logdir / f"{base}_2.log").read_text()
+    assert "ranks: SIGTERM, checkpoint saved" in first_log  # the log kept the ranks' output until they exited
+    assert sorted(p.name for p in logdir.glob("*.log")) == [f"{base}_1.log", f"{base}_2.log"]
+    # What the ranks would have left: run 2's checkpoint, and a stale one of another job for run 3.
+    for i in (2, 3):
+        (logdir / f"{base}_{i}_checkpoint").mkdir()
+        (logdir / f"{base}_{i}_checkpoint" / "latest.pt").write_text("x")
+
+    # The requeued job: same job id, restart count 1, a DATESTAMP that would be drawn anew.
+    second, steps = start(SLURM_RESTART_COUNT=1)
+    out = second.stdout + second.stderr
+    assert f"run 1 finished before this job was requeued (exit 3, {base}_1.log); not rerun" in second.stdout, out
+    runs = training(steps)
+    assert sorted(runs) == ["2", "3"]
+    assert runs["2"]["SEED"] == seed2 and runs["2"]["RUNDIR"] == f"/results/{base}_2"
+    assert runs["2"]["CHECKPOINT_DIR"] == f"/results/{base}_2_checkpoint"
+    assert runs["3"]["RUNDIR"] == f"/results/{base}_3"
+    assert (logdir / f"{base}_2_checkpoint" / "latest.pt").exists()  # resumed from
+    assert not (logdir / f"{base}_3_checkpoint").exists()  # never this job's: removed before run 3 began
+    assert checked(steps) == [f"/results/{base}_2_attempt2.log", f"/results/{base}_3.log"]
+    assert (logdir / f"{base}_2.log").read_text() == first_log  # the first attempt's log as it was
+    attempt2 = (logdir / f"{base}_2_attempt2.log").read_text()
+    assert f"Beginning trial 2 of 3 (seed {seed2}), attempt 2" in attempt2 and f"seed {seed2}" in attempt2
+    assert sorted(p.name for p in logdir.glob("*.log")) == [f"{base}_1.log", f"{base}_2.log",
+                                                            f"{base}_2_attempt2.log", f"{base}_3.log"]
+    # Run 1's exit 3 still counts: the job fails as it would have without the requeue.
+    assert second.returncode == 1 and "run.sub: 3 run(s), 1 failed, 0 failed the compliance check" in second.stdout
+
+    # A first start under a job id met before (a reset cluster) is a new job; SAVE_CHECKPOINTS=0: no checkpoints.
+    third, steps = start(SLURM_RESTART_COUNT=0, NEXP=1, DATESTAMP="fresh", SAVE_CHECKPOINTS=0)
+    assert "run.sub: 1 run(s), 1 failed, 0 failed the compliance check" in third.stdout, third.stderr[-3000:]
+    assert (state / "datestamp").read_text().strip() == "fresh" and sorted(p.name for p in state.iterdir()) == [
+        "datestamp", "run_1.attempt", "run_1.check", "run_1.done", "run_1.seed"]
+    assert training(steps)["1"]["RUNDIR"] == "/results/fresh_1" and training(steps)["1"]["CHECKPOINT_DIR"] == ""
+
+
 # ---------------------------------------------------------------------------------------------------
 # dropcache.py
 # ---------------------------------------------------------------------------------------------------
@@ -992,7 +1130,111 @@ def test_sbatch_gpt3_sub_cpu_config(local_slurm, gpt3_debug_data, tmp_path):
     assert json.loads((logdir / "gpt3run_1" / "run_config.json").read_text())["config"]["parallel"]["tp"] == 2
     # The two closed rules a CPU-sized model cannot meet fail; nothing else does.
     _, report = compliance(log)
-    assert set(re.findall(r"CHECK for '(\w+)' failed", report)) == {"max_sequence_length", "opt_base_learning_rate"}, report
+    failed = set(re.findall(r"CHECK for '(\w+)' failed", report))
+    assert failed == {"max_sequence_length", "opt_base_learning_rate"}, report
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sbatch_requeued_job_resumes_the_interrupted_run(local_slurm, resnet_debug_data, tmp_path):
+    """sbatch --requeue, then `scontrol requeue` once the run has trained and evaluated. Slurm sends SIGTERM to every
+    process of the job at once (batch script, srun, ranks, and the ranks' DataLoader workers; SIGKILL KillWait
+    seconds later); run.sub waits for the ranks and stops; the requeued job (restart count 1) resumes that run from
+    its checkpoint with the same seed and DATESTAMP, under a log of its own, to the target.
+
+    The ranks save at their next sync point and exit 143: their DataLoader workers ignore the SIGTERM
+    (pipelines/workers.py; torch's own handler let them die of it, and the rank then failed before saving)."""
+    logdir = tmp_path / "results"
+    config = LAUNCHERS / "resnet" / "config_CPU_01x02x16.sh"
+    # No SEED_BASE and no DATESTAMP: both drawn on the first start, so that reusing them is what is tested.
+    # run.log_every_steps=4: the ranks look for a SIGTERM every 4 steps (24 in the flavour), well within KillWait.
+    extra = "run.log_every_steps=4"
+    env = clean_env(DATADIR=resnet_debug_data, LOGDIR=logdir, NEXP=1, MASTER_PORT=free_port(),
+                    DROPCACHE_METHOD="fadvise", WALLTIME_RUNANDTIME=15, CHECKPOINT_EVERY_BLOCKS=1, EXTRA_ARGS=extra)
+    # --open-mode=append: the job's output file keeps the first start's lines when the requeued job reopens it.
+    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable --requeue --open-mode=append "
+              f"-o {shlex.quote(str(tmp_path))}/slurm-%j.out -N $DGXNNODES -t $WALLTIME launchers/resnet.sub")
+    r = run(["bash", "-c", submit], env)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().split(";")[0]
+
+    def job_output() -> str:
+        return "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+
+    try:
+        # Requeue once the first attempt has evaluated once (so a periodic checkpoint exists) and trains on.
+        deadline = time.time() + 15 * 60
+        while True:
+            logs = list(logdir.glob("*_1.log"))
+            text = logs[0].read_text() if logs else ""
+            evaluated = re.search(r"^0: eval after \d+ samples", text, re.M)
+            if evaluated and re.search(r"^0: step \d+/", text[evaluated.end():], re.M):
+                break
+            assert job_field(job_id, "JobState") in ("PENDING", "RUNNING"), job_output()[-4000:]
+            assert time.time() < deadline, f"no eval in the first attempt's log after 15 min\n{job_output()[-4000:]}"
+            time.sleep(0.5)
+        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+        # Slurm holds a requeued job back for its credentials' lifetime (EligibleTime = requeue + 121 s): once
+        # it is pending again, let it start now.
+        deadline = time.time() + 120
+        while job_field(job_id, "JobState") != "PENDING" and time.time() < deadline:
+            time.sleep(1)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    except BaseException:
+        subprocess.run(["scancel", job_id])
+        raise
+    wait_for_job(job_id, timeout_s=(15 + 5 + 2) * 60)
+    output = job_output()
+
+    assert job_field(job_id, "JobState") == "COMPLETED", output[-4000:]
+    assert job_field(job_id, "Restarts") == "1" and job_field(job_id, "ExitCode") == "0:0"
+    assert re.search(r"^run\.sub: run 1 stopped on SIGTERM \(exit \d+; ", output, re.M), output[-4000:]
+    assert "run.sub: 1 run(s), 0 failed, 0 failed the compliance check" in output, output[-4000:]
+    # The same DATESTAMP: one log per attempt of run 1, nothing else.
+    first, = logdir.glob("*_1.log")
+    base = first.name[: -len("_1.log")]
+    second = logdir / f"{base}_1_attempt2.log"
+    assert sorted(p.name for p in logdir.glob("*.log")) == [first.name, second.name]
+    first_text, second_text = first.read_text(), second.read_text()
+    assert not re.search(r"RESULT,resnet,\d+,[\d.]+,success", first_text), "the target was reached before the requeue"
+    run_dir = logdir / f"{base}_1"
+    seed = int(re.search(r"^Beginning trial 1 of 1 \(seed (\d+)\)$", first_text, re.M).group(1))
+    assert [e["value"] for e in mllog_events(first) if e["key"] == "seed"] == [seed]
+
+    # The second attempt: resumed from the run's checkpoint with the same seed, to the target, and compliant.
+    assert f"Beginning trial 1 of 1 (seed {seed}), attempt 2" in second_text
+    resumed = re.search(rf"^0: resumed from {re.escape(str(logdir))}/{base}_1_checkpoint at step (\d+)$", second_text,
+                        re.M)
+    assert resumed, second_text[-4000:]
+    gbs, = [e["value"] for e in mllog_events(first) if e["key"] == "global_batch_size"]
+    last_eval = [int(n) for n in re.findall(r"^0: eval after (\d+) samples", first_text, re.M)][-1]
+    sigterm_saved = "0: run stopped: aborted (preempted by SIGTERM (checkpoint saved))" in first_text
+    # The SIGTERM checkpoint: saved after the last eval, the ranks exited 143.
+    assert sigterm_saved, first_text[-4000:]
+    assert int(resumed.group(1)) * gbs > last_eval
+    for rank in (0, 1):
+        exited = re.search(rf"^{rank}: run_and_time: resnet rank {rank} exit 143 ", first_text, re.M)
+        assert exited, first_text[-3000:]
+    results = result_lines(second_text)
+    assert len(results) == 1 and results[0][1] == str(seed) and results[0][3] == "success_resumed", results
+    for log in (second, run_dir / "mlperf_log_attempt2.txt"):
+        events = mllog_events(log)
+        assert [e["value"] for e in events if e["key"] == "seed"] == [seed]
+        assert [e["key"] for e in events].count("run_stop") == 1 and events[-1]["metadata"]["status"] == "success"
+        assert_compliant(log)
+    assert "SUCCESS" in (logdir / f"{base}_1_attempt2_compliance.txt").read_text()
+    assert (logdir / f"job_{job_id}_state" / "run_1.done").read_text().split() == ["0", second.name]
+
+    # The first attempt's job log (kept until the ranks exited) and MLPerf log: one run_start, closed by run_stop
+    # aborted.
+    def closed_as_aborted(log: Path) -> bool:
+        events = mllog_events(log)
+        keys = [e["key"] for e in events]
+        return (keys.count("run_start") == keys.count("run_stop") == 1 and events[-1]["key"] == "run_stop"
+                and events[-1]["metadata"]["status"] == "aborted")
+
+    unclosed = [log.name for log in (first, run_dir / "mlperf_log.txt") if not closed_as_aborted(log)]
+    assert not unclosed, first_text[-4000:]
 
 
 def test_debug_sh_never_writes_into_the_users_datadir(tmp_path):

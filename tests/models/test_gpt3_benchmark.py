@@ -76,7 +76,7 @@ def test_resume_gives_the_same_next_losses(gpt3_debug_data, single_process, tmp_
     assert sorted(resumed) == list(range(2, STEPS + 1))
     for step, loss in resumed.items():
         assert loss == pytest.approx(single_process[step], rel=rel), (step, resumed, single_process)
-    assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_00000001", f"step_{STEPS:08d}"]
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "run_state.json", "step_00000001", f"step_{STEPS:08d}"]
 
 
 def test_fp8_gemms_train_like_bf16_and_agree_across_tensor_parallel_ranks(gpt3_debug_data, tmp_path):

@@ -24,6 +24,7 @@ import argparse
 import datetime
 import os
 import random
+import signal
 import sys
 
 import numpy as np
@@ -188,6 +189,9 @@ def _run(args, timed: list) -> int:
             loop.try_resume()
             result = loop.run()
     except Exception as e:
+        # Failing already: torch's SIGCHLD handler would raise again, anywhere in what follows (naming peers,
+        # logging run_stop), as each DataLoader worker goes; their deaths are expected now.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if launch.world_size > 1:
             watchdog.report_and_exit(heartbeat, e, close_log if is_main else None)
             # every peer is alive: the error is this rank's own, and its peers will name it as lost

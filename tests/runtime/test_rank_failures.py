@@ -136,8 +136,8 @@ def test_a_collective_that_times_out_names_the_stalled_rank(resnet_debug_data, t
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_a_data_loader_worker_that_dies_closes_every_log(resnet_debug_data, tmp_path, world):
-    """The DataLoader worker of rank 0 is killed mid-run: rank 0 fails with torch's error naming the worker and
-    closes its log aborted; on two ranks, rank 1 names rank 0 as lost."""
+    """The DataLoader worker of rank 0 is killed mid-run: rank 0 fails with torch's error and closes its log
+    aborted; on two ranks, rank 1 names rank 0 as lost."""
     import psutil
 
     cmd = train_command("resnet", resnet_debug_data, tmp_path, "run.log_every_steps=1",
@@ -153,7 +153,9 @@ def test_a_data_loader_worker_that_dies_closes_every_log(resnet_debug_data, tmp_
     finally:
         for p in procs:
             p.kill()
-    assert procs[0].returncode == 1 and "DataLoader worker" in outs[0], outs[0][-3000:]
+    # torch reports the death as "DataLoader worker (pid N) is killed", or as the reset pipe it read from
+    assert procs[0].returncode == 1, outs[0][-3000:]
+    assert "DataLoader worker" in outs[0] or "Connection reset by peer" in outs[0], outs[0][-3000:]
     if world == 2:
         assert procs[1].returncode == EXIT_LOST_RANK and "lost rank(s) 0 of 2" in outs[1], outs[1][-3000:]
     last = _last_event(tmp_path / "mlperf_log.txt")

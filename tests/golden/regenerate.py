@@ -35,6 +35,10 @@ CASES = {
     "gpt3_dp2": ("gpt3", 2, []),
     "dlrm_dcnv2_1p": ("dlrm_dcnv2", 1, []),
     "dlrm_dcnv2_2r": ("dlrm_dcnv2", 2, []),
+    "unet3d_1p": ("unet3d", 1, []),
+    "unet3d_dp2": ("unet3d", 2, []),
+    "ssd_1p": ("ssd", 1, []),
+    "ssd_dp2": ("ssd", 2, []),
 }
 
 

@@ -552,7 +552,8 @@ def _gpt3(system, cfg):
 
 
 # How each benchmark's config names spell its shape (shared/spec/launcher_conventions.md, section 2).
-NAME_RULES = {"resnet": _batch_per_gpu, "dlrm_dcnv2": _batch_per_gpu, "bert": _bert, "gpt3": _gpt3}
+NAME_RULES = {"resnet": _batch_per_gpu, "dlrm_dcnv2": _batch_per_gpu, "bert": _bert, "gpt3": _gpt3,
+              "unet3d": _batch_per_gpu, "ssd": _batch_per_gpu}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}-{c.stem}")
@@ -580,7 +581,7 @@ def test_config_walltime_scales_with_nexp_and_respects_overrides(config):
     # allocation has time for (GPT-3's configs default to NVIDIA's 3, the others to 1).
     one = source_config(config)
     nexp, per_run = int(one["NEXP"]), int(one["WALLTIME_RUNANDTIME"])
-    assert nexp == (3 if config.parent.name == "gpt3" and "_CPU_" not in config.name else 1)
+    assert nexp == ({"gpt3": 3, "unet3d": 40}.get(config.parent.name, 1) if "_CPU_" not in config.name else 1)
     margin = int(one["WALLTIME"]) - nexp * per_run
     assert margin > 0 and margin == int(one["WALLTIME_MARGIN"])
     five = source_config(config, NEXP=5)

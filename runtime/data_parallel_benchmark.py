@@ -47,6 +47,7 @@ class DataParallelBenchmark(Benchmark):
         self.autocast_dtype = autocast_dtype(t.precision, self.precisions)
         self.train_data = self.eval_data = None
         self._lr = 0.0
+        self._epoch_iter, self._iter_epoch = None, -1
 
     # -- what the benchmark supplies ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -81,6 +82,21 @@ class DataParallelBenchmark(Benchmark):
         else:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+
+    def next_epoch_batch(self, step: int):
+        """Global batch `step` from an epoch-based loader (`set_epoch(epoch, start_step)`, then iteration):
+        a new iterator at each epoch, started mid-epoch when a resumed run begins there. Needs
+        `self.steps_per_epoch`."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._iter_epoch != epoch:
+            self.train_data.set_epoch(epoch, start_step=index)  # start_step > 0 only when resuming
+            self._epoch_iter = iter(self.train_data)
+            self._iter_epoch = epoch
+        return next(self._epoch_iter)
+
+    def split_micro_batches(self, tensors) -> list[tuple]:
+        """(x, y, ...) of this rank's batch -> train.grad_accum micro-batches (x_i, y_i, ...)."""
+        return list(zip(*(t.chunk(self.cfg.train.grad_accum) for t in tensors)))
 
     def step_on(self, micro_batches: list, step: int) -> torch.Tensor:
         """One optimizer step over `micro_batches`; the loss summed over them, as a device tensor."""

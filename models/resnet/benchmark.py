@@ -64,7 +64,6 @@ class ResNetBenchmark(DataParallelBenchmark):
         self.optimizer = FusedLARS(lars_param_groups(unwrap(self.model)), lr=o.base_lr, momentum=o.momentum,
                                    weight_decay=o.weight_decay, eeta=o.trust_coefficient,
                                    epsilon=o.epsilon)
-        self._epoch_iter, self._iter_epoch = None, -1
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
@@ -99,17 +98,8 @@ class ResNetBenchmark(DataParallelBenchmark):
         return F.cross_entropy(self._logits(images).float(), labels.to(self.ctx.device, non_blocking=True),
                                label_smoothing=self.cfg.optim.label_smoothing)
 
-    def _split(self, images: torch.Tensor, labels: torch.Tensor) -> list:
-        accum = self.cfg.train.grad_accum
-        return list(zip(images.chunk(accum), labels.chunk(accum)))
-
     def train_micro_batches(self, step: int) -> list:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        if self._iter_epoch != epoch:
-            self.train_data.set_epoch(epoch, start_step=index)  # start_step > 0 only when resuming
-            self._epoch_iter = iter(self.train_data)
-            self._iter_epoch = epoch
-        return self._split(*next(self._epoch_iter))
+        return self.split_micro_batches(self.next_epoch_batch(step))
 
     def eval_counts(self, batch) -> torch.Tensor:
         images, labels = batch
@@ -122,7 +112,7 @@ class ResNetBenchmark(DataParallelBenchmark):
         g = torch.Generator().manual_seed(0)
         images = torch.randn(self.micro_batch * self.cfg.train.grad_accum, 3, size, size, generator=g)
         labels = torch.randint(0, self.cfg.model.num_classes, (images.shape[0],), generator=g)
-        return self._split(images, labels), (images[: self.micro_batch], labels[: self.micro_batch])
+        return self.split_micro_batches((images, labels)), (images[: self.micro_batch], labels[: self.micro_batch])
 
     # -- data and blocks -------------------------------------------------------------------------------
     def open_data(self) -> dict:

@@ -66,7 +66,6 @@ class SSDBenchmark(DataParallelBenchmark):
         trainable = [p for p in unwrap(self.model).parameters() if p.requires_grad]
         self.optimizer = FusedAdam(trainable, lr=o.base_lr, weight_decay=o.weight_decay)
         self._anchors = {}
-        self._epoch_iter, self._iter_epoch = None, -1
         self._detections, self._gt, self._category_ids = None, None, None
 
     # -- logging -----------------------------------------------------------------------------------------
@@ -108,16 +107,10 @@ class SSDBenchmark(DataParallelBenchmark):
         return classification + regression
 
     def _split(self, batch) -> list:
-        accum = self.cfg.train.grad_accum
-        return [type(batch)(*parts) for parts in zip(*(x.chunk(accum) for x in batch))]
+        return [type(batch)(*parts) for parts in self.split_micro_batches(batch)]
 
     def train_micro_batches(self, step: int) -> list:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        if self._iter_epoch != epoch:
-            self.train_data.set_epoch(epoch, start_step=index)  # start_step > 0 only when resuming
-            self._epoch_iter = iter(self.train_data)
-            self._iter_epoch = epoch
-        return self._split(next(self._epoch_iter))
+        return self._split(self.next_epoch_batch(step))
 
     def eval_counts(self, batch) -> torch.Tensor:
         cls, box, sizes = self._forward(batch.images)

@@ -74,7 +74,6 @@ class UNet3DBenchmark(DataParallelBenchmark):
                                  compile=t.compile)
         self.optimizer = schedule.build_sgd(unwrap(self.model).parameters(), momentum=o.momentum,
                                             weight_decay=o.weight_decay)
-        self._epoch_iter, self._iter_epoch = None, -1
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
@@ -116,17 +115,8 @@ class UNet3DBenchmark(DataParallelBenchmark):
         images, labels = micro_batch
         return dice_ce_loss(self._logits(images), labels.to(self.ctx.device, non_blocking=True))
 
-    def _split(self, images: torch.Tensor, labels: torch.Tensor) -> list:
-        accum = self.cfg.train.grad_accum
-        return list(zip(images.chunk(accum), labels.chunk(accum)))
-
     def train_micro_batches(self, step: int) -> list:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        if self._iter_epoch != epoch:
-            self.train_data.set_epoch(epoch, start_step=index)  # start_step > 0 only when resuming
-            self._epoch_iter = iter(self.train_data)
-            self._iter_epoch = epoch
-        return self._split(*next(self._epoch_iter))
+        return self.split_micro_batches(self.next_epoch_batch(step))
 
     def eval_counts(self, batch) -> torch.Tensor:
         image, label = batch
@@ -155,7 +145,7 @@ class UNet3DBenchmark(DataParallelBenchmark):
         images = torch.randn(n, 1, side, side, side, generator=g)
         labels = torch.randint(0, NUM_CLASSES, (n, 1, side, side, side), generator=g, dtype=torch.uint8)
         volume = torch.randn(1, 1, roi + 8, roi, roi, generator=g)  # two windows along one axis
-        return self._split(images, labels), (volume, torch.zeros(volume.shape, dtype=torch.uint8))
+        return self.split_micro_batches((images, labels)), (volume, torch.zeros(volume.shape, dtype=torch.uint8))
 
     # -- data and blocks -------------------------------------------------------------------------------
     def open_data(self) -> dict:

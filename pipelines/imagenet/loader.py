@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipelines.imagenet.format import MEAN_RGB, ImageNetFormatError, ImageRecord, RecordIndex, build_index
+from pipelines.sampling import TrainBatches
 from pipelines.workers import ignore_sigterm
 
 _PREFETCH_BATCHES_PER_WORKER = 4
@@ -140,36 +141,6 @@ class _RecordDataset(Dataset):
 def _collate(samples: Sequence[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.from_numpy(np.stack([image for image, _ in samples]))
     return images, torch.tensor([label for _, label in samples], dtype=torch.int64)
-
-
-class TrainBatches:
-    """Batch sampler: rank's slice of each global batch of the (seed, epoch) permutation."""
-
-    def __init__(self, num_records: int, global_batch_size: int, rank: int, world_size: int, seed: int):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world of size {world_size}")
-        if global_batch_size <= 0 or global_batch_size % world_size:
-            raise ValueError(f"global_batch_size {global_batch_size} is not a positive multiple of "
-                             f"world_size {world_size}")
-        if global_batch_size > num_records:
-            raise ValueError(f"global_batch_size {global_batch_size} exceeds the {num_records} records")
-        self.num_records, self.global_batch_size, self.seed = num_records, global_batch_size, seed
-        self.local_batch_size = global_batch_size // world_size
-        self.rank, self.epoch, self.start_step = rank, 0, 0
-
-    def __len__(self) -> int:
-        return self.num_records // self.global_batch_size
-
-    @property
-    def local_samples(self) -> int:
-        return len(self) * self.local_batch_size
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch = self.epoch
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
-        for step in range(self.start_step, len(self)):
-            start = step * self.global_batch_size + self.rank * self.local_batch_size
-            yield [(int(i), epoch) for i in order[start:start + self.local_batch_size]]
 
 
 class EvalBatches:

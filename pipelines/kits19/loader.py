@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipelines.kits19.augment import augment, foreground_boxes
 from pipelines.kits19.format import KiTS19FormatError, check_label_values, read_case
+from pipelines.sampling import TrainBatches
 from pipelines.workers import ignore_sigterm
 
 _PREFETCH_BATCHES_PER_WORKER = 2
@@ -61,34 +62,6 @@ class TrainCases(Dataset):
         image, label, _ = augment(sample_rng(self.seed, epoch, index), case.image, case.label, boxes,
                                   patch=self.patch, oversampling=self.oversampling)
         return image, label
-
-
-class TrainBatches:
-    """Batch sampler: this rank's slice of each global batch of the (seed, epoch) permutation."""
-
-    def __init__(self, num_cases: int, global_batch_size: int, rank: int, world_size: int, seed: int):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world of size {world_size}")
-        if global_batch_size <= 0 or global_batch_size % world_size:
-            raise ValueError(f"global_batch_size {global_batch_size} is not a positive multiple of "
-                             f"world_size {world_size}")
-        if global_batch_size > num_cases:
-            raise ValueError(f"global_batch_size {global_batch_size} exceeds the {num_cases} training cases")
-        self.num_cases, self.global_batch_size, self.seed = num_cases, global_batch_size, seed
-        self.local_batch_size = global_batch_size // world_size
-        self.rank, self.epoch, self.start_step = rank, 0, 0
-
-    def __len__(self) -> int:
-        return self.num_cases // self.global_batch_size
-
-    def indices(self, epoch: int, step: int) -> list[int]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_cases)
-        start = step * self.global_batch_size + self.rank * self.local_batch_size
-        return [int(i) for i in order[start:start + self.local_batch_size]]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for step in range(self.start_step, len(self)):
-            yield [(i, self.epoch) for i in self.indices(self.epoch, step)]
 
 
 def _collate(samples) -> tuple[torch.Tensor, torch.Tensor]:

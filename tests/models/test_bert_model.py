@@ -168,7 +168,7 @@ def test_tf_checkpoint_with_lamb_slots_loads_the_weights_only(hf_model, tmp_path
                   {"some_other_variable": np.zeros(1, np.float32)},
                   {"bert/encoder/layer_2/output/dense/bias": np.zeros(TINY.hidden_size, np.float32)}):
         np.savez(path, **arrays, **extra)
-        with pytest.raises(CheckpointError):
+        with pytest.raises(CheckpointError, match=str(path)):
             load_checkpoint(str(path))
     missing = {k: v for k, v in arrays.items() if k != "bert/encoder/layer_1/attention/self/key/kernel"}
     np.savez(path, **missing)

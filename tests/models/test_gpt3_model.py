@@ -74,7 +74,7 @@ def test_cpu_rng_tracker_forks_and_restores():
     with tracker.fork():
         b = torch.rand(3)
     assert not torch.equal(a, b)  # the forked stream advanced
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="'model-parallel-rng' .* already exists"):
         tracker.add("model-parallel-rng", 7)
 
 
@@ -108,7 +108,7 @@ def test_sdpa_core_attention_is_megatrons_dot_product_attention():
     assert core(cfg.model) is DotProductAttention
     assert core(dataclasses.replace(cfg.model, attention="sdpa")) is SdpaDotProductAttention
     assert dgxh100_64x8().model.attention == "sdpa"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="model.attention='flash': expected one of"):
         layer_spec(dataclasses.replace(cfg.model, attention="flash"), use_te=False)
     s, b, n, d = 16, 2, 4, 16
     qkv = torch.randn(s, b, n, 3 * d, generator=torch.Generator().manual_seed(0), requires_grad=True)
@@ -125,7 +125,7 @@ def test_sdpa_core_attention_is_megatrons_dot_product_attention():
     assert out_sdpa.shape == out_ref.shape == (s, b, n * d)
     torch.testing.assert_close(out_sdpa, out_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad_sdpa, grad_ref, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="SDPA core attention: causal masks only"):
         SdpaDotProductAttention(c, 1, AttnMaskType.padding, "self")(q, k, v, mask)
 
 
@@ -151,9 +151,9 @@ def test_block_recompute_is_wired_and_leaves_gradients_unchanged():
     for got, want in zip(grads["full"], grads["none"]):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     cfg = debug()
-    with pytest.raises(ValueError):  # more than one chunk's layers (4 at pp=1)
+    with pytest.raises(ValueError, match="train.recompute_num_layers=5: expected 1..4"):  # one chunk: 4 layers
         transformer_config(cfg.model, dataclasses.replace(cfg.train, recompute="full", recompute_num_layers=5),
                            tp=1, pp=1, use_te=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="train.recompute_method='all': expected uniform or block"):
         transformer_config(cfg.model, dataclasses.replace(cfg.train, recompute="full", recompute_method="all"),
                            tp=1, pp=1, use_te=False)

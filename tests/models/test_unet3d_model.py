@@ -58,7 +58,8 @@ def test_shapes_through_the_network_and_the_smallest_crop():
     assert min_input_size(cfg) == 64
     x = torch.randn(2, 1, 64, 64, 96)
     assert model(x).shape == (2, 3, 64, 64, 96)
-    with pytest.raises(ValueError):  # 32^3 leaves one voxel at the bottleneck: InstanceNorm cannot train
+    # 32^3 leaves one voxel at the bottleneck: InstanceNorm cannot train
+    with pytest.raises(ValueError, match="Expected more than 1 spatial element when training"):
         model(torch.randn(1, 1, 32, 32, 32))
     fewer_levels = UNet3DModelConfig(filters=(4, 8, 16))
     assert min_input_size(fewer_levels) == 16 and build_unet3d(fewer_levels)(torch.randn(1, 1, 16, 16, 16)).shape \

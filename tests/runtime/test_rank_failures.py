@@ -153,9 +153,10 @@ def test_a_data_loader_worker_that_dies_closes_every_log(resnet_debug_data, tmp_
     finally:
         for p in procs:
             p.kill()
-    # torch reports the death as "DataLoader worker (pid N) is killed", or as the reset pipe it read from
+    # torch reports the death in several ways (the worker "is killed by signal", or the pipe it read from
+    # reset or at EOF): what matters is that the rank fails, says so, and closes its log.
     assert procs[0].returncode == 1, outs[0][-3000:]
-    assert "DataLoader worker" in outs[0] or "Connection reset by peer" in outs[0], outs[0][-3000:]
+    assert "Traceback" in outs[0] and (world == 1 or "[rank 0] failed:" in outs[0]), outs[0][-3000:]
     if world == 2:
         assert procs[1].returncode == EXIT_LOST_RANK and "lost rank(s) 0 of 2" in outs[1], outs[1][-3000:]
     last = _last_event(tmp_path / "mlperf_log.txt")

@@ -136,3 +136,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def build_logged(spec, cfg, run_dir: Path):
+    """(benchmark, {key: value} it logs as hyperparameters): a one-process CPU build without data, for tests
+    that read a flavour's settings back from the built objects."""
+    import torch
+
+    from runtime.benchmark import RunContext
+    from runtime.distributed import LaunchEnv
+    from runtime.mlperf_log import MLPerfLogger
+    from runtime.parallel import ParallelLayout
+
+    layout = ParallelLayout(1, 0)
+    layout.build_groups()
+    log = MLPerfLogger(str(run_dir / "log.txt"), enabled=True, stdout=False)
+    ctx = RunContext(spec, LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), layout, torch.device("cpu"), log,
+                     str(run_dir), str(run_dir), seed=1)
+    bench = spec.benchmark(cfg, ctx)
+    bench.log_hyperparameters()
+    log.close()
+    return bench, {e["key"]: e["value"] for e in read_events(run_dir / "log.txt")}

@@ -15,16 +15,12 @@ from unittest import mock
 import mlperf_logging
 import pytest
 import torch
-from conftest import read_events
+from conftest import build_logged
 
 from kernels.optimizers import FusedLAMB
 from models.bert import SPEC
 from models.bert.benchmark import BertBenchmark, eval_interval_samples, lamb_lr
-from runtime.benchmark import RunContext
 from runtime.data_parallel import unwrap
-from runtime.distributed import LaunchEnv
-from runtime.mlperf_log import MLPerfLogger
-from runtime.parallel import ParallelLayout
 
 FLAVOURS = ("dgxh100_1x8", "dgxh100_8x8")
 EVAL_SAMPLES = 10_000  # spec: eval_10k
@@ -51,17 +47,9 @@ def built(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     cfg = SPEC.config(request.param)
     cfg.data.init_checkpoint = ""  # the phase-1 weights are data; no assertion reads a weight
-    layout = ParallelLayout(1, 0)
-    layout.build_groups()
-    log = MLPerfLogger(str(tmp / "log.txt"), enabled=True, stdout=False)
-    ctx = RunContext(SPEC, LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), layout, torch.device("cpu"), log,
-                     str(tmp), str(tmp), seed=1)
     # 336M truncated-normal draws take ~40 s on these CPUs; the weights' values matter to no check here
     with mock.patch.object(torch.nn.init, "trunc_normal_", lambda t, *args, **kwargs: t):
-        bench = SPEC.benchmark(cfg, ctx)
-    bench.log_hyperparameters()
-    log.close()
-    logged = {e["key"]: e["value"] for e in read_events(tmp / "log.txt")}
+        bench, logged = build_logged(SPEC, cfg, tmp)
     yield cfg, bench, logged
     bench.close()
 

@@ -14,15 +14,11 @@ import os
 import mlperf_logging
 import pytest
 import torch
-from conftest import read_events
+from conftest import build_logged
 
 from models.dlrm_dcnv2 import SPEC
 from models.dlrm_dcnv2.config import debug
 from models.dlrm_dcnv2.parallelize import unwrap
-from runtime.benchmark import RunContext
-from runtime.distributed import LaunchEnv
-from runtime.mlperf_log import MLPerfLogger
-from runtime.parallel import ParallelLayout
 
 FLAVOURS = ("dgxh100_1x8", "dgxh200_1x8", "dgxh100_8x8")
 TRAIN_SAMPLES = 4_195_197_692  # spec: days 0-22
@@ -46,13 +42,7 @@ def built(request, tmp_path_factory):
     small = debug()
     cfg.model, cfg.sharding = small.model, small.sharding  # the real tables do not fit on a CPU
     cfg.data.prefetch = 0
-    log = MLPerfLogger(str(tmp / "log.txt"), enabled=True, stdout=False)
-    ctx = RunContext(SPEC, LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), ParallelLayout(1, 0),
-                     torch.device("cpu"), log, str(tmp), str(tmp), seed=1)
-    bench = SPEC.benchmark(cfg, ctx)
-    bench.log_hyperparameters()
-    log.close()
-    logged = {e["key"]: e["value"] for e in read_events(tmp / "log.txt")}
+    bench, logged = build_logged(SPEC, cfg, tmp)
     yield cfg, bench, logged
     bench.close()
 

@@ -13,13 +13,9 @@ import mlperf_logging
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import read_events
+from conftest import build_logged
 
 from models.resnet import SPEC
-from runtime.benchmark import RunContext
-from runtime.distributed import LaunchEnv
-from runtime.mlperf_log import MLPerfLogger
-from runtime.parallel import ParallelLayout
 
 
 def _rcp(batch: int) -> dict:
@@ -33,15 +29,7 @@ def built(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     cfg = SPEC.config(request.param)
     cfg.train.compile = False  # nothing here runs a step that compiling would change
-    layout = ParallelLayout(1, 0)
-    layout.build_groups()
-    log = MLPerfLogger(str(tmp / "log.txt"), enabled=True, stdout=False)
-    ctx = RunContext(SPEC, LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), layout, torch.device("cpu"), log,
-                     str(tmp), str(tmp), seed=1)
-    bench = SPEC.benchmark(cfg, ctx)
-    bench.log_hyperparameters()
-    log.close()
-    logged = {e["key"]: e["value"] for e in read_events(tmp / "log.txt")}
+    bench, logged = build_logged(SPEC, cfg, tmp)
     yield cfg, bench, logged
     bench.close()
 

@@ -8,6 +8,9 @@ benchmark's hyperparameters, built the benchmark and warmed it up (untimed). The
     opens the data, then per block: block_start, train steps, block_stop, eval, eval_accuracy
     stops at the target (success), at the end of the budget or on a non-finite loss (aborted), or on
     SIGTERM after saving a checkpoint
+    an evaluation scored in the background (runtime/pending_eval.py) logs eval_stop at once and its
+    eval_accuracy at the first sync point after its score arrives; the run stops there if it met the target,
+    mid-block. Pending scores are awaited before any checkpoint and before giving up at the budget's end
     run_stop; train.py prints the RESULT line and writes the plot and summary
 
 Host syncs happen only at sync points (every `run.log_every_steps` steps and at block ends): that is where
@@ -28,6 +31,7 @@ from runtime import checkpoint, report
 from runtime.benchmark import Benchmark, RunContext
 from runtime.config import RunConfig
 from runtime.mlperf_log import now_ms
+from runtime.pending_eval import PendingEval
 from runtime.profiling import StepProfiler
 
 EXIT_SUCCESS, EXIT_NOT_CONVERGED = 0, 3  # 2 is argparse's usage error
@@ -89,6 +93,8 @@ class RunLoop:
         self.t_start = None
         self.preemption = checkpoint.PreemptionFlag()
         self.profiler = StepProfiler(run_cfg.profile_start_step, run_cfg.profile_stop_step)
+        self.pending: list[tuple] = []  # (block, samples, PendingEval), oldest first
+        self.stopped_at_block = None  # the block whose evaluation ended the run
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def _check_saved(self, common: dict, where: str) -> None:
@@ -169,11 +175,19 @@ class RunLoop:
                     if not math.isfinite(mean_loss):
                         reason, stop = f"non-finite loss {mean_loss} at step {self.state.global_step}", True
                         break
+                    if self.pending and (outcome := self._collect(wait=False)):
+                        (status, reason, exit_code), stop = outcome, True
+                        break
                     if _any_rank(ctx, self.preemption.requested):
+                        if outcome := self._collect(wait=True):
+                            return self._finish(*outcome, t_start)
                         self.save()
                         return self._finish(constants.ABORTED, "preempted by SIGTERM (checkpoint saved)",
                                             checkpoint.EXIT_PREEMPTED, t_start)
                     if at_max:
+                        if outcome := self._collect(wait=True):
+                            (status, reason, exit_code), stop = outcome, True
+                            break
                         self.save()
                         reason, stop = f"stopped at run.max_steps={self.run_cfg.max_steps}", True
                         break
@@ -185,26 +199,62 @@ class RunLoop:
             log.start(constants.EVAL_START, metadata=block.eval_metadata)
             with self.profiler.range("eval"):
                 value = bench.evaluate()
-            log.event(constants.EVAL_ACCURACY, value, metadata=block.eval_metadata)
-            log.end(constants.EVAL_STOP, metadata=block.eval_metadata)
             samples = self.state.global_step * bench.global_batch_size
-            self.state.evals.append((samples, value))
             self.state.step_in_block = 0
             self.state.block_index = index + 1
-            if ctx.is_main:
-                print(f"eval after {samples} samples: {ctx.spec.metric} {value:.4f} "
-                      f"(target {self.run_cfg.target})", flush=True)
-                report.write_metrics_line(ctx.run_dir, {"step": self.state.global_step, "samples": samples,
-                                                        "eval": value})
-            if not math.isfinite(value):
-                reason = f"non-finite eval {ctx.spec.metric} {value}"
-                break
-            if ctx.spec.reached(value, self.run_cfg.target):
-                status, reason, exit_code = constants.SUCCESS, "target reached", EXIT_SUCCESS
+            if isinstance(value, PendingEval):
+                log.end(constants.EVAL_STOP, metadata=block.eval_metadata)
+                # first looked at from the next sync point on: the score never holds up this block's end
+                self.pending.append((block, samples, value))
+                outcome = None
+            else:
+                outcome = self._record(block, samples, value, before_eval_stop=True)
+            if outcome:
+                status, reason, exit_code = outcome
                 break
             if self.run_cfg.checkpoint_every_blocks and (index + 1) % self.run_cfg.checkpoint_every_blocks == 0:
+                if outcome := self._collect(wait=True):
+                    status, reason, exit_code = outcome
+                    break
                 self.save()
+        else:  # the budget is spent: the scores still pending decide
+            if outcome := self._collect(wait=True):
+                status, reason, exit_code = outcome
         return self._finish(status, reason, exit_code, t_start)
+
+    def _record(self, block, samples: int, value: float, before_eval_stop: bool = False) -> tuple | None:
+        """Log one evaluation's score; (status, reason, exit code) when it ends the run."""
+        ctx = self.ctx
+        ctx.log.event(constants.EVAL_ACCURACY, value, metadata=block.eval_metadata)
+        if before_eval_stop:
+            ctx.log.end(constants.EVAL_STOP, metadata=block.eval_metadata)
+        self.state.evals.append((samples, value))
+        if ctx.is_main:
+            print(f"eval after {samples} samples: {ctx.spec.metric} {value:.4f} "
+                  f"(target {self.run_cfg.target})", flush=True)
+            report.write_metrics_line(ctx.run_dir, {"step": self.state.global_step, "samples": samples,
+                                                    "eval": value})
+        if not math.isfinite(value):
+            self.stopped_at_block = block
+            return constants.ABORTED, f"non-finite eval {ctx.spec.metric} {value}", EXIT_NOT_CONVERGED
+        if ctx.spec.reached(value, self.run_cfg.target):
+            self.stopped_at_block = block
+            return constants.SUCCESS, "target reached", EXIT_SUCCESS
+        return None
+
+    def _collect(self, wait: bool) -> tuple | None:
+        """Log the background scores that have arrived (all of them with `wait`), oldest first; the outcome
+        of the first that ends the run."""
+        while self.pending:
+            block, samples, pending = self.pending[0]
+            value = pending.poll(wait)
+            if value is None:
+                return None
+            self.pending.pop(0)
+            if outcome := self._record(block, samples, value):
+                self.pending.clear()
+                return outcome
+        return None
 
     def _global_mean(self, local: torch.Tensor) -> float:
         """The loss over the whole global batch. Every rank gets the same value, so every rank takes the
@@ -232,6 +282,8 @@ class RunLoop:
     def _position(self) -> dict:
         """Where the run stopped, in its benchmark's eval unit (DLRM's reference logs it with run_stop): the
         position of the last block completed."""
+        if self.stopped_at_block is not None:
+            return {"epoch_num": self.stopped_at_block.eval_metadata["epoch_num"]}
         done, position = 0, 0
         for block in self.blocks:
             done += block.steps

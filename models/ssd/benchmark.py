@@ -10,7 +10,7 @@ from mlperf_logging.mllog import constants
 
 from kernels.optimizers import FusedAdam
 from models.ssd.anchors import generate_anchors
-from models.ssd.coco_eval import ground_truth, mean_average_precision, to_coco_detections
+from models.ssd.coco_eval import CocoScorer, ground_truth, mean_average_precision, to_coco_detections
 from models.ssd.config import SSDConfig
 from models.ssd.inference import detect
 from models.ssd.loss import retinanet_loss
@@ -21,6 +21,7 @@ from runtime import schedule
 from runtime.benchmark import RunContext
 from runtime.data_parallel import unwrap
 from runtime.data_parallel_benchmark import DataParallelBenchmark
+from runtime.pending_eval import PendingEval
 from runtime.schedule import Block
 
 
@@ -67,6 +68,7 @@ class SSDBenchmark(DataParallelBenchmark):
         self.optimizer = FusedAdam(trainable, lr=o.base_lr, weight_decay=o.weight_decay)
         self._anchors = {}
         self._detections, self._gt, self._category_ids = None, None, None
+        self._scorer = None  # rank 0's background COCO scorer (train.async_eval)
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:
@@ -119,8 +121,9 @@ class SSDBenchmark(DataParallelBenchmark):
             self._detections.append(to_coco_detections(batch.image_ids, detections, self._category_ids))
         return torch.tensor([float(len(batch.image_ids))], dtype=torch.float64, device=self.ctx.device)
 
-    def evaluate(self) -> float:
-        """Detections of every rank gathered on rank 0, scored there, the mAP broadcast; every image once."""
+    def evaluate(self) -> float | PendingEval:
+        """Detections of every rank gathered on rank 0 and scored there, every image once: in the background
+        while training goes on (the loop logs the mAP when it arrives), or here with the mAP broadcast."""
         import numpy as np
 
         self._detections = []
@@ -137,6 +140,9 @@ class SSDBenchmark(DataParallelBenchmark):
             gathered = [local]
         if int(counts[-1]) != self.cfg.data.eval_samples:
             raise RuntimeError(f"evaluated {int(counts[-1])} images, expected all {self.cfg.data.eval_samples}")
+        if self.cfg.train.async_eval:
+            future = self._scorer.submit(np.concatenate(gathered)) if self.ctx.is_main else None
+            return PendingEval(future, world_size=world, device=self.ctx.device)
         value = torch.zeros(1, dtype=torch.float64, device=self.ctx.device)
         if self.ctx.is_main:
             value[0] = mean_average_precision(self._gt, np.concatenate(gathered))
@@ -181,8 +187,15 @@ class SSDBenchmark(DataParallelBenchmark):
         self._category_ids = split.category_ids
         if ctx.is_main:
             self._gt = ground_truth(split.coco)
+            if self.cfg.train.async_eval:
+                self._scorer = CocoScorer(self._gt)
+                self._scorer.start()
         return self.check_sizes({"train_samples": self.train_data.num_samples,
                                  "eval_samples": self.eval_data.num_samples})
+
+    def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()
 
     def blocks(self) -> list[Block]:
         """An eval after every epoch, from epoch 1 to the budget."""

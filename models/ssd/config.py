@@ -51,6 +51,9 @@ class TrainConfig(base.TrainConfig):
     precision: str = "bf16"  # "fp32" or "bf16" autocast (NVIDIA: fp16 with a scaler)
     channels_last: bool = True
     compile: bool = False
+    # COCO scoring in rank 0's background process while the next epoch trains (NVIDIA's choice); false:
+    # every rank waits for the score after each eval (simpler to debug; the same numbers)
+    async_eval: bool = True
 
 
 @dataclass

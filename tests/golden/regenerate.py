@@ -39,6 +39,8 @@ CASES = {
     "unet3d_dp2": ("unet3d", 2, []),
     "ssd_1p": ("ssd", 1, []),
     "ssd_dp2": ("ssd", 2, []),
+    "gnn_1p": ("gnn", 1, []),
+    "gnn_dp2": ("gnn", 2, []),
 }
 
 

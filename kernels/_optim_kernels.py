@@ -79,6 +79,23 @@ def _adagrad_kernel(P, G, S, BLOCK_TENSOR, ACTIVE, first_block, clr, eps, weight
 
 
 @triton.jit
+def _sgd_kernel(P, G, BUF, BLOCK_TENSOR, ACTIVE, first_block, lr, weight_decay, momentum, NESTEROV: tl.constexpr,
+                HAS_ACTIVE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    _, _, offs, mask = _blocks(first_block, BLOCK_TENSOR, ACTIVE, HAS_ACTIVE, BLOCK_SIZE)
+    w = tl.load(P + offs, mask=mask).to(tl.float32)
+    # torch.optim.SGD's operations and rounding order: d = g + wd w, buf = m buf + d, then (Nesterov)
+    # d + m buf or buf, w - lr d; each `add(x, alpha=a)` of torch is the fused multiply-add x * a + self
+    d = tl.fma(w, weight_decay, tl.load(G + offs, mask=mask).to(tl.float32))
+    buf = tl.load(BUF + offs, mask=mask) * momentum + d
+    if NESTEROV:
+        d = tl.fma(buf, momentum, d)
+    else:
+        d = buf
+    tl.store(BUF + offs, buf, mask=mask)
+    tl.store(P + offs, tl.fma(d, -lr, w).to(P.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _lamb_moments_kernel(P, G, M, V, U, PARTIAL, BLOCK_TENSOR, ACTIVE, CLIP, first_block, num_blocks, beta1,
                          beta2, eps, weight_decay, bc1, bc2, HAS_ACTIVE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     """Adam moments and the LAMB update direction u (into U), plus this block's sums of w^2 and u^2."""
@@ -155,6 +172,19 @@ def adagrad_update(layout, w, g, s, active, first, count, *, clr, eps, weight_de
     grad = g_.float().add(w_.float(), alpha=weight_decay) if weight_decay != 0 else g_.float()
     new_s = torch.addcmul(s_, grad, grad)
     _commit(layout, active, first, count, [(s_, new_s), (w_, w_.float() + (-clr * grad) / (new_s.sqrt() + eps))])
+
+
+def sgd_update(layout, w, g, buf, active, first, count, *, lr, weight_decay, momentum, nesterov):
+    if use_triton(w):
+        _sgd_kernel[(count,)](w, g, buf, layout.block_tensor, active, first, lr, weight_decay, momentum,
+                              NESTEROV=nesterov, HAS_ACTIVE=active is not None, BLOCK_SIZE=BLOCK)
+        return
+    w_, g_, b_ = _slices(first, count, w, g, buf)
+    # torch.optim.SGD's own operations (dampening 0), so that this path agrees with it bit for bit
+    d = g_.float().add(w_.float(), alpha=weight_decay) if weight_decay != 0 else g_.float()
+    new_b = b_.mul(momentum).add_(d)
+    d = d.add(new_b, alpha=momentum) if nesterov else new_b
+    _commit(layout, active, first, count, [(b_, new_b), (w_, w_.float().add(d, alpha=-lr))])
 
 
 def lamb_moments(layout, w, g, m, v, u, partial, active, clip, first, count, *, beta1, beta2, eps,

@@ -1,5 +1,5 @@
-"""Fused multi-tensor optimizers over flat buffers: LARS (ResNet), LAMB (BERT), Adam/AdamW (GPT-3),
-Adagrad (DLRM dense).
+"""Fused multi-tensor optimizers over flat buffers: LARS (ResNet), LAMB (BERT), Adam/AdamW (GPT-3, RetinaNet,
+R-GAT), Adagrad (DLRM dense), SGD with (Nesterov) momentum (3D U-Net).
 
 At construction the parameters of each (device, dtype) are moved into one flat buffer (multi_tensor.py)
 and each parameter becomes a view of it; gradients and fp32 optimizer states get flat buffers of the
@@ -130,6 +130,27 @@ class FusedAdagrad(FlatOptimizer):
             clr = group["lr"] / (1 + (group["step"] - 1) * group["lr_decay"])
             K.adagrad_update(flat.layout, flat.param, flat.grad, accumulator, active, first, count, clr=clr,
                              eps=group["eps"], weight_decay=group["weight_decay"])
+
+
+class FusedSGD(FlatOptimizer):
+    """torch.optim.SGD with momentum (optionally Nesterov) and L2 weight decay, dampening 0 (what every MLPerf
+    SGD uses). The momentum buffer starts at zero, which with dampening 0 is torch's first step (buf = d)."""
+
+    state_names = ("momentum_buffer",)
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+                 nesterov: bool = False):
+        if not momentum > 0:
+            raise ValueError(f"FusedSGD: momentum={momentum}; plain SGD without momentum needs no fused kernel")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                      dampening=0))
+
+    def _step_flat(self, flat, active):
+        buf = flat.state("momentum_buffer")
+        for group, first, count, _, _ in self._groups(flat):
+            K.sgd_update(flat.layout, flat.param, flat.grad, buf, active, first, count, lr=group["lr"],
+                         weight_decay=group["weight_decay"], momentum=group["momentum"],
+                         nesterov=group["nesterov"])
 
 
 class FusedLAMB(FlatOptimizer):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+from kernels.optimizers import FusedSGD
 
 
 def epochs_for(samples: int, samples_per_epoch: int) -> int:
@@ -52,7 +52,8 @@ def check_decay_boundaries(boundaries: tuple[int, ...], warmup_epochs: int) -> N
                          f"optim.warmup_epochs={warmup_epochs}")
 
 
-def build_sgd(params, *, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """The reference's optimizer: SGD with Nesterov momentum (torch.optim.SGD, its foreach path; there is
-    no fused multi-tensor SGD in kernels/ yet). The loop sets the lr before every step."""
-    return torch.optim.SGD(params, lr=0.0, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+def build_sgd(params, *, momentum: float, weight_decay: float) -> FusedSGD:
+    """The reference's optimizer, SGD with Nesterov momentum, as one fused multi-tensor update over flat
+    buffers (kernels/optimizers.py; torch.optim.SGD's numbers, its state-dict keys). The loop sets the lr
+    before every step."""
+    return FusedSGD(params, lr=0.0, momentum=momentum, nesterov=True, weight_decay=weight_decay)

@@ -19,7 +19,7 @@ from kernel_numerics import (  # noqa: F401 (force_triton: autouse fixture)
 from torch import nn
 
 from kernels.lamb_ref import LambReference
-from kernels.optimizers import FusedAdagrad, FusedAdam, FusedAdamW, FusedLAMB, FusedLARS
+from kernels.optimizers import FusedAdagrad, FusedAdam, FusedAdamW, FusedLAMB, FusedLARS, FusedSGD
 from models.resnet.lars import LARS
 
 # a matrix, a bias, a conv kernel, a single element, a tensor spanning two 1024-element blocks
@@ -122,6 +122,19 @@ def textbook_adagrad(lr, eps, lr_decay=0.0, weight_decay=0.0, initial_accumulato
             g = g + weight_decay * w[i]
             s[i] = s[i] + g * g
             w[i] = w[i] - step_lr * g / (np.sqrt(s[i]) + eps)
+    return w
+
+
+def textbook_sgd(lr, momentum, weight_decay, nesterov):
+    """SGD with momentum (Polyak; Nesterov in Sutskever et al. 2013's form, as torch documents it):
+    d = g + wd w, b = m b + d (b starts at 0), then d = d + m b (Nesterov) or d = b, and w -= lr d."""
+    w, grads = _start()
+    b = [np.zeros_like(p) for p in w]
+    for g_step in grads:
+        for i, g in enumerate(g_step):
+            d = g + weight_decay * w[i]
+            b[i] = momentum * b[i] + d
+            w[i] = w[i] - lr * (d + momentum * b[i] if nesterov else b[i])
     return w
 
 
@@ -262,6 +275,36 @@ def test_adagrad_matches_torch(variant):
              textbook_adagrad(**args))
 
 
+@pytest.mark.parametrize("nesterov", [True, False], ids=["nesterov", "heavy_ball"])
+def test_sgd_matches_torch(nesterov):
+    """3D U-Net's optimizer: Nesterov momentum 0.9 (weight decay only in one group here, as a check of groups)."""
+    args = dict(lr=0.05, momentum=0.9, nesterov=nesterov)
+    groups = lambda ps: _groups(ps, {"weight_decay": 1e-2}, {"weight_decay": 0.0})  # noqa: E731
+    textbook = textbook_sgd(0.05, 0.9, 1e-2, nesterov)
+    undecayed = textbook_sgd(0.05, 0.9, 0.0, nesterov)
+    textbook = [undecayed[i] if i in UNDECAYED else t for i, t in enumerate(textbook)]
+    _compare(lambda ps: FusedSGD(groups(ps), **args), lambda ps: torch.optim.SGD(groups(ps), foreach=False, **args),
+             textbook)
+
+
+def test_sgd_state_dicts_interchange_with_torch():
+    args = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    for source, target_cls in ((torch.optim.SGD, FusedSGD), (FusedSGD, torch.optim.SGD)):
+        params, trained = _train(lambda ps, source=source: source(ps, **args), torch.float32, steps=2)
+        resumed_params = [nn.Parameter(p.detach().clone()) for p in params]
+        resumed = target_cls(resumed_params, **args)
+        resumed.load_state_dict(copy.deepcopy(trained.state_dict()))  # a checkpoint's copy, not aliases
+        assert set(resumed.state_dict()["state"][0]) == {"momentum_buffer"}
+        for p, g in zip(resumed_params, _grads(2)):
+            p.grad = g.to(DEVICE, p.dtype)
+        resumed.step()
+        for p, g in zip(params, _grads(2)):
+            p.grad = g.to(DEVICE, p.dtype)
+        trained.step()
+        for a, b in zip(params, resumed_params):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=2e-6, atol=1e-7)
+
+
 LAMB_ARGS = dict(lr=4e-3, betas=(0.6, 0.85), eps=1e-6, max_grad_norm=1.0)
 
 
@@ -301,12 +344,13 @@ def test_bf16_parameters_keep_fp32_states():
              baseline_dtype=torch.bfloat16, fused_dtype=torch.bfloat16)
 
 
-@pytest.mark.parametrize("name", ["lars", "lamb", "adamw", "adagrad"])
+@pytest.mark.parametrize("name", ["lars", "lamb", "adamw", "adagrad", "sgd"])
 def test_reference_path_within_the_derived_bound(name, monkeypatch):
     """The fused optimizers' torch path (MLPERF_KERNELS=reference: what runs off CUDA), held to the kernel's
     bound against the textbook-checked fp64 reference."""
     monkeypatch.setenv("MLPERF_KERNELS", "reference")
     adamw, adagrad = dict(lr=1e-2, max_grad_norm=1.0), dict(lr=0.05, eps=1e-10)
+    sgd = dict(lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True)
     fused, reference, textbook, rtol = {
         "lars": (lambda ps: FusedLARS(_lars_groups(ps), **LARS_ARGS), lambda ps: LARS(_lars_groups(ps), **LARS_ARGS),
                  textbook_lars(**LARS_ARGS), LARS_TEXTBOOK_RTOL),
@@ -317,16 +361,19 @@ def test_reference_path_within_the_derived_bound(name, monkeypatch):
                                 clip=1.0), TEXTBOOK_RTOL),
         "adagrad": (lambda ps: FusedAdagrad(ps, **adagrad), _clipped(torch.optim.Adagrad, None, **adagrad),
                     textbook_adagrad(**adagrad), TEXTBOOK_RTOL),
+        "sgd": (lambda ps: FusedSGD(ps, **sgd), _clipped(torch.optim.SGD, None, **sgd),
+                textbook_sgd(**sgd), TEXTBOOK_RTOL),
     }[name]
     _compare(fused, reference, textbook, textbook_rtol=rtol)
 
 
-@pytest.mark.parametrize("name", ["lars", "lamb", "adamw", "adagrad"])
+@pytest.mark.parametrize("name", ["lars", "lamb", "adamw", "adagrad", "sgd"])
 def test_reference_path_agrees_with_triton(name, monkeypatch):
     make = {"lars": lambda ps: FusedLARS(_lars_groups(ps), **LARS_ARGS),
             "lamb": lambda ps: FusedLAMB(_lamb_groups(ps), **LAMB_ARGS),
             "adamw": lambda ps: FusedAdamW(ps, lr=1e-2, max_grad_norm=1.0),
-            "adagrad": lambda ps: FusedAdagrad(ps, lr=0.05)}[name]
+            "adagrad": lambda ps: FusedAdagrad(ps, lr=0.05),
+            "sgd": lambda ps: FusedSGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True)}[name]
     triton_params, _ = _train(make, torch.float32)
     monkeypatch.setenv("MLPERF_KERNELS", "reference")
     reference_params, _ = _train(make, torch.float32)

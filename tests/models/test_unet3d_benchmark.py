@@ -19,6 +19,7 @@ from monai.inferers import sliding_window_inference as monai_sliding_window
 from monai.metrics import DiceMetric
 
 import models.unet3d.benchmark as unet3d_benchmark
+from kernels.optimizers import FusedSGD
 from models.unet3d import SPEC
 from pipelines.kits19.format import write_case
 from runtime.benchmark import RunContext
@@ -109,7 +110,7 @@ def test_the_hyperparameters_are_the_rcps(built):
 def test_logged_hyperparameters_are_what_the_run_uses(built, monkeypatch):
     cfg, bench, logged, _ = built
     (group,) = bench.optimizer.param_groups
-    assert isinstance(bench.optimizer, torch.optim.SGD) and group["nesterov"] and group["dampening"] == 0
+    assert isinstance(bench.optimizer, FusedSGD) and group["nesterov"] and group["dampening"] == 0
     assert group["momentum"] == logged["opt_momentum"] and group["weight_decay"] == logged["opt_weight_decay"]
     assert logged["opt_name"] == "sgd" and logged["global_batch_size"] == cfg.train.global_batch_size
     assert logged["gradient_accumulation_steps"] * bench.micro_batch == cfg.train.global_batch_size  # one rank

@@ -4,6 +4,9 @@
     MLPERF_KERNELS=triton     always Triton; off CUDA this needs TRITON_INTERPRET=1 set before the kernel
                               modules are imported (that is how tests/kernels runs the Triton path on CPU)
     MLPERF_KERNELS=reference  always the torch reference (a debugging switch on GPU machines)
+    MLPERF_KERNELS=apex       NVIDIA apex's op where apex has one (fused Adam/LAMB, group norm, focal loss:
+                              kernels/backends.py, an error when apex is not usable), auto's choice elsewhere;
+                              the GPU image keeps the NGC base's apex, so our kernels can be timed against it
 
 The variable is read on every call, not cached, so a test can flip it with monkeypatch. This module
 imports nothing heavy: triton is only located, never imported, until a kernel module is.
@@ -16,7 +19,7 @@ import os
 
 import torch
 
-MODES = ("auto", "triton", "reference")
+MODES = ("auto", "triton", "reference", "apex")
 
 
 def mode() -> str:
@@ -41,7 +44,9 @@ def interpreting() -> bool:
 
 
 def use_triton(*tensors: torch.Tensor | None) -> bool:
-    """The decision for one call, from the tensors it will touch (None entries are ignored)."""
+    """The decision for one call, from the tensors it will touch (None entries are ignored). Under
+    MLPERF_KERNELS=apex an op apex has is dispatched by kernels/backends.py before this; the others decide
+    as auto."""
     chosen = mode()
     if chosen == "reference":
         return False

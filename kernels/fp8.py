@@ -8,7 +8,7 @@
 Backends: "te" (te.Linear / te.LayerNormLinear under te.fp8_autocast with a DelayedScaling recipe),
 "torch" (bf16/fp32 torch layers with TE's parameter names, so state dicts interchange), "torch_fp8"
 (`FP8Linear`: torch._scaled_mm with e4m3 forward / e5m2 gradients and delayed scaling, for a Hopper
-GPU without TE). "auto" picks te when transformer_engine imports and the GPU is sm_90 or newer, else torch.
+GPU without TE). "auto" picks te when transformer_engine imports and reports FP8 support on this GPU, else torch.
 
 Delayed scaling, as TE's DelayedScaling recipe: every quantized tensor role (input, weight, output
 gradient) keeps an amax history of `amax_history_len` steps; a tensor is cast with the scale computed
@@ -27,7 +27,6 @@ The recipes NVIDIA's MLPerf v4.0 configs use are in RECIPES (spec: bert.md, gpt3
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from dataclasses import dataclass
 
@@ -65,16 +64,12 @@ def recipe_for(config: str) -> Fp8Recipe:
     return RECIPES[config]
 
 
-@functools.cache
 def te_available() -> bool:
-    """transformer_engine imports and the current GPU is Hopper (sm_90) or newer."""
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0):
-        return False
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # ImportError, or a broken build failing at load (no cuDNN, ABI mismatch)
-        return False
-    return True
+    """Transformer Engine imports, CUDA is there and TE reports FP8 support on this GPU (Hopper or newer):
+    kernels/backends.py asks TE itself, through the API its version has."""
+    from kernels import backends
+
+    return backends.te_usable(fp8=True)
 
 
 def _backend(backend: str) -> str:
@@ -83,7 +78,9 @@ def _backend(backend: str) -> str:
     if backend == "auto":
         return "te" if te_available() else "torch"
     if backend == "te" and not te_available():
-        raise RuntimeError("backend='te' needs transformer_engine and a Hopper GPU")
+        from kernels import backends
+
+        raise RuntimeError(f"backend='te' needs transformer_engine with FP8 on this GPU: {backends.te_status()}")
     return backend
 
 

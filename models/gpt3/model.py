@@ -36,6 +36,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from kernels import backends
 from kernels.bias_dropout_add import bias_dropout_add
 from kernels.cross_entropy_parallel import vocab_parallel_cross_entropy
 from kernels.layer_norm import FusedLayerNorm
@@ -43,13 +44,9 @@ from models.gpt3.config import ModelConfig, TrainConfig
 
 
 def te_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:  # an installed TE without its CUDA libraries raises at import, not only ImportError
-        return False
-    return True
+    """Transformer Engine imports and CUDA is there (kernels/backends.py): then GPT-3 is built on TE's layer
+    spec, as NVIDIA's; FP8 additionally needs TE's own FP8 report (kernels.backends.te_usable(fp8=True))."""
+    return backends.te_usable()
 
 
 class MegatronFusedLayerNorm(FusedLayerNorm):
@@ -139,7 +136,10 @@ class KernelGPTModel(GPTModel):
 ATTENTION = {"local": DotProductAttention, "sdpa": SdpaDotProductAttention}
 
 
-def layer_spec(model_cfg: ModelConfig, use_te: bool):
+def layer_spec(model_cfg: ModelConfig, use_te: bool | None = None):
+    """megatron's TE layer spec when TE is usable (use_te=None asks te_available()), else the local spec with
+    our kernels."""
+    use_te = te_available() if use_te is None else use_te
     if model_cfg.attention not in ATTENTION:
         raise ValueError(f"model.attention={model_cfg.attention!r}: expected one of {sorted(ATTENTION)}")
     if use_te:

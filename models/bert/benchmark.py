@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from mlperf_logging.mllog import constants
 
+from kernels.backends import optimizer_class
 from kernels.fp8 import te_available
 from kernels.lamb_ref import lamb_param_groups
-from kernels.optimizers import FusedLAMB
 from models.bert.config import BertConfig
 from models.bert.model import build_bert, fp8_modules, mlm_correct_and_total, pretraining_loss
 from models.bert.parallelize import parallelize
@@ -80,9 +80,11 @@ class BertBenchmark(DataParallelBenchmark):
         torch.manual_seed(ctx.seed + ctx.launch.rank)
         self.model = parallelize(model, ctx.layout, ctx.device, compile=t.compile)
         o = cfg.optim
-        self.optimizer = FusedLAMB(lamb_param_groups(unwrap(self.model), o.weight_decay), lr=o.base_lr,
-                                   betas=(o.lamb_beta_1, o.lamb_beta_2), eps=o.lamb_epsilon,
-                                   weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm)
+        # our FusedLAMB, or apex's under MLPERF_KERNELS=apex (which refuses the per-part Q/K/V trust ratios)
+        lamb = optimizer_class("lamb")
+        self.optimizer = lamb(lamb_param_groups(unwrap(self.model), o.weight_decay), lr=o.base_lr,
+                              betas=(o.lamb_beta_1, o.lamb_beta_2), eps=o.lamb_epsilon,
+                              weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm)
         self.fp8_layers = fp8_modules(unwrap(self.model))
         if cfg.model.fp8 and not self.fp8_layers and not te_available() and ctx.is_main:
             print("bert: model.fp8=true but Transformer Engine is not usable here, so the GEMMs run in "

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from mlperf_logging.mllog import constants
 
-from kernels.optimizers import FusedAdam
+from kernels.backends import optimizer_class
 from models.gnn.config import GNNConfig
 from models.gnn.model import build_rgnn
 from models.gnn.parallelize import parallelize
@@ -64,7 +64,8 @@ class GNNBenchmark(DataParallelBenchmark):
         self.steps_per_epoch = math.ceil(d.train_samples / t.global_batch_size)  # the last batch is partial
         self.model = parallelize(build_rgnn(cfg.model), ctx.layout, ctx.device)
         trainable = [p for p in unwrap(self.model).parameters() if p.requires_grad]
-        self.optimizer = FusedAdam(trainable, lr=cfg.optim.base_lr)
+        # our FusedAdam, or apex's under MLPERF_KERNELS=apex
+        self.optimizer = optimizer_class("adam")(trainable, lr=cfg.optim.base_lr)
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:

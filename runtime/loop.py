@@ -281,16 +281,19 @@ class RunLoop:
 
     def _position(self) -> dict:
         """Where the run stopped, in its benchmark's eval unit (DLRM's reference logs it with run_stop): the
-        position of the last block completed."""
+        position of the evaluation that ended it, else of the last block completed. `epoch_num`, and
+        `samples_count` where the benchmark's eval metadata carries it (Llama 2 LoRA's closed rules)."""
+        keys = ("epoch_num", "samples_count")
         if self.stopped_at_block is not None:
-            return {"epoch_num": self.stopped_at_block.eval_metadata["epoch_num"]}
-        done, position = 0, 0
+            metadata = self.stopped_at_block.eval_metadata
+            return {k: metadata[k] for k in keys if k in metadata}
+        done, position = 0, {"epoch_num": 0}
         for block in self.blocks:
             done += block.steps
             if done > self.state.global_step:
                 break
-            position = block.eval_metadata["epoch_num"]
-        return {"epoch_num": position}
+            position = {k: block.eval_metadata[k] for k in keys if k in block.eval_metadata}
+        return position
 
     def _finish(self, status: str, reason: str, exit_code: int, t_start: float) -> RunResult:
         self.profiler.stop()

@@ -19,6 +19,7 @@ import pytest
 from conftest import REPO, compliance, read_events, read_metrics, spawn_ranks, train_command
 
 from runtime.benchmark import discover
+from runtime.compliance import KNOWN_DEFECTS, known_defect
 from runtime.config import BenchmarkConfig
 from runtime.loop import EXIT_NOT_CONVERGED
 
@@ -87,8 +88,11 @@ def test_debug_run_reaches_its_target_with_a_compliant_log(name, debug_run, tmp_
                                               '"key": "submission_division", "value": "closed"'))
     for path, division in ((log, "open"), (closed, "closed")):
         ok, report = compliance(path)
-        assert f"training_4.0.0/{division}_{name}.yaml" in report, report
         failed = set(re.findall(r"CHECK for '(\w+)' failed", report))
+        if defect := KNOWN_DEFECTS.get((division, name)):  # a defect of the checker's rules, named there
+            assert failed == defect and known_defect(path, report), report
+            continue
+        assert f"training_4.0.0/{division}_{name}.yaml" in report, report
         assert failed <= set(spec.debug_log_exceptions), (division, report)
         if division == "closed":
             assert failed == set(spec.debug_log_exceptions), report

@@ -41,6 +41,9 @@ CASES = {
     "ssd_dp2": ("ssd", 2, []),
     "gnn_1p": ("gnn", 1, []),
     "gnn_dp2": ("gnn", 2, []),
+    "llama2_70b_lora_1p": ("llama2_70b_lora", 1, []),
+    "llama2_70b_lora_tp2": ("llama2_70b_lora", 2, ["parallel.tp=2"]),
+    "llama2_70b_lora_dp2": ("llama2_70b_lora", 2, []),
 }
 
 

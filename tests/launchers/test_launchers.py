@@ -551,9 +551,17 @@ def _gpt3(system, cfg):
     return nodes, gpus
 
 
+def _llama2(system, cfg):
+    """<N>x<G>x<MINIBS>xtp<TP>pp<PP>cp<CP>, MINIBS = GBS / DP."""
+    nodes, gpus, minibs, tp, pp, cp = _shape(r"(\d+)x(\d+)x(\d+)xtp(\d+)pp(\d+)cp(\d+)", system)
+    assert (tp, pp, cp) == (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.cp)
+    assert minibs * (nodes * gpus // (tp * pp * cp)) == cfg.train.global_batch_size
+    return nodes, gpus
+
+
 # How each benchmark's config names spell its shape (shared/spec/launcher_conventions.md, section 2).
 NAME_RULES = {"resnet": _batch_per_gpu, "dlrm_dcnv2": _batch_per_gpu, "bert": _bert, "gpt3": _gpt3,
-              "unet3d": _batch_per_gpu, "ssd": _batch_per_gpu, "gnn": _batch_per_gpu}
+              "unet3d": _batch_per_gpu, "ssd": _batch_per_gpu, "gnn": _batch_per_gpu, "llama2_70b_lora": _llama2}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}-{c.stem}")

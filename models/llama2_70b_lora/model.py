@@ -1,0 +1,214 @@
+"""Llama 2 on megatron-core's GPTModel, with LoRA on the fused QKV and the attention output projection.
+
+Llama 2: pre-RMSNorm (eps 1e-5), rotary position embeddings on every head dimension (base 10000, the
+rotate-half convention HF's checkpoints use: megatron's non-interleaved RoPE), grouped-query attention
+(megatron's num_query_groups), SwiGLU MLP (gated linear unit with SiLU; megatron's fc1 holds [gate; up]
+per TP shard), no biases, untied input embedding and output layer, no dropout in the base.
+
+Megatron's local (non-TE) spec, with our pieces: kernels.rms_norm's RMSNorm with megatron's constructor (it
+marks its weight for SP's TP grad all-reduce, which megatron's torch norm wrapper refuses to do), torch SDPA
+core attention (models/gpt3/model.py: no s x s scores at 8192 tokens; under context parallelism an
+all-gather of K/V over the CP group, ContextParallelSdpaAttention), the vocab-parallel cross-entropy
+kernel (KernelGPTModel), and the LoRA linears of models/llama2_70b_lora/lora.py over megatron's TP linears or,
+with precision fp8 and no TE, over FP8-stored frozen linears (models/llama2_70b_lora/fp8_frozen.py: the base
+cast to e4m3 once after loading, `store_base_in_fp8`). The base is frozen: only
+the adapters' parameters require grad. With TE importable (CUDA), TE's spec with the same adapters.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+from megatron.core.transformer.enums import AttnBackend
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from kernels.rms_norm import FusedRMSNorm
+from models.gpt3.model import KernelGPTModel, SdpaDotProductAttention, bias_dropout_add_builder, te_available
+from models.llama2_70b_lora.config import ModelConfig, TrainConfig
+from models.llama2_70b_lora.lora import LoraSettings, lora_linears
+
+
+class MegatronRMSNorm(FusedRMSNorm):
+    """FusedRMSNorm with the constructor megatron-core's specs call: (config, hidden_size, eps)."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
+        super().__init__(hidden_size, eps=eps, device="cpu" if config.use_cpu_initialization else None,
+                         dtype=config.params_dtype)
+        for p in self.parameters():
+            # Replicated, but under SP it sees only its sequence shard: megatron sums its grads over TP.
+            p.sequence_parallel = config.sequence_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+class ContextParallelSdpaAttention(SdpaDotProductAttention):
+    """SDPA core attention that also runs under context parallelism without TE (megatron's own CP is TE's
+    ring attention). Each CP rank holds two of the sequence's 2*cp chunks (r and 2cp-1-r, megatron's load
+    balance, which GPTModel's RoPE slicing and the benchmark's batch slicing follow); keys and values are
+    all-gathered over the CP group (backward: reduce-scattered) and each local query attends to the gathered
+    keys at positions up to its own. All-gather CP (as Llama 3's training does) rather than a ring: the
+    same mathematics, simpler, with K/V of the whole sequence in memory at once."""
+
+    def __init__(self, config: TransformerConfig, *args, **kwargs):
+        local = copy.copy(config)
+        local.context_parallel_size = 1  # DotProductAttention refuses CP; this class does it itself
+        super().__init__(local, *args, **kwargs)
+        self.cp = config.context_parallel_size
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if self.cp == 1:
+            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
+                                   packed_seq_params)
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("context-parallel SDPA attention: no packed sequences or attention bias")
+        group = parallel_state.get_context_parallel_group()
+        key = gather_from_sequence_parallel_region(key, group=group)
+        value = gather_from_sequence_parallel_region(value, group=group)
+        groups = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
+        if groups > 1:
+            key, value = key.repeat_interleave(groups, dim=2), value.repeat_interleave(groups, dim=2)
+        chunk = query.shape[0] // 2
+        positions = [_cp_positions(r, self.cp, chunk, query.device) for r in range(self.cp)]
+        allowed = positions[parallel_state.get_context_parallel_rank()][:, None] >= torch.cat(positions)[None, :]
+        s, b = query.shape[0], query.shape[1]
+        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
+        p = self.attention_dropout.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=self.softmax_scale)
+        return out.permute(2, 0, 1, 3).reshape(s, b, self.hidden_size_per_partition)
+
+
+def _cp_positions(rank: int, cp: int, chunk: int, device) -> torch.Tensor:
+    """Sequence positions of CP rank `rank`'s tokens: chunks rank and 2cp-1-rank of length `chunk`."""
+    return torch.cat([torch.arange(rank * chunk, (rank + 1) * chunk, device=device),
+                      torch.arange((2 * cp - 1 - rank) * chunk, (2 * cp - rank) * chunk, device=device)])
+
+
+def _cpu_cp_rope_shim() -> None:
+    """megatron's per-CP-rank RoPE slice pins memory and moves its index to CUDA; the same slice on CPU.
+    (Belongs with runtime/mcore/cpu_shim.py, which this package may not edit.)"""
+    if torch.cuda.is_available():
+        return
+    from megatron.core.models.common.embeddings import rotary_pos_embedding
+
+    def on_this_cp_rank(pos_emb, seq_dim, cp_group):
+        cp, rank = cp_group.size(), cp_group.rank()
+        chunks = pos_emb.view(*pos_emb.shape[:seq_dim], 2 * cp, -1, *pos_emb.shape[seq_dim + 1:])
+        picked = chunks.index_select(seq_dim, torch.tensor([rank, 2 * cp - 1 - rank]))
+        return picked.reshape(*pos_emb.shape[:seq_dim], -1, *pos_emb.shape[seq_dim + 1:])
+
+    rotary_pos_embedding.get_pos_emb_on_this_cp_rank = on_this_cp_rank
+
+
+def lora_settings(m: ModelConfig) -> LoraSettings:
+    return LoraSettings(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout)
+
+
+def layer_spec(m: ModelConfig, use_te: bool) -> ModuleSpec:
+    if use_te:
+        from megatron.core.extensions.transformer_engine import TEColumnParallelLinear, TENorm, TERowParallelLinear
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        spec = get_gpt_layer_with_transformer_engine_spec()  # TE's norms read config.normalization (RMSNorm)
+        # TE's spec fuses the input norm into the QKV GEMM; the adapter needs the normed input, so the norm
+        # stands alone (TENorm) and the QKV is TE's plain column-parallel linear under the adapter.
+        spec.submodules.input_layernorm = TENorm
+        column, row = lora_linears(lora_settings(m), TEColumnParallelLinear, TERowParallelLinear)
+        attn = spec.submodules.self_attention.submodules
+        attn.linear_qkv, attn.linear_proj = column, row
+        return spec
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = ContextParallelSdpaAttention
+    spec.submodules.self_attn_bda = bias_dropout_add_builder
+    spec.submodules.mlp_bda = bias_dropout_add_builder
+    spec.submodules.input_layernorm = MegatronRMSNorm
+    spec.submodules.pre_mlp_layernorm = MegatronRMSNorm
+    if m.precision == "fp8":  # no TE: the frozen base stored in FP8, its GEMMs through torch._scaled_mm
+        from models.llama2_70b_lora.fp8_frozen import (
+            StoredFp8ColumnParallelLinear,
+            StoredFp8RowParallelLinear,
+            stored_fp8_layer_spec,
+        )
+
+        spec = stored_fp8_layer_spec(spec)
+        column, row = lora_linears(lora_settings(m), StoredFp8ColumnParallelLinear, StoredFp8RowParallelLinear)
+    else:
+        column, row = lora_linears(lora_settings(m))
+    attn = spec.submodules.self_attention.submodules
+    attn.linear_qkv, attn.linear_proj = column, row
+    return spec
+
+
+def block_spec(m: ModelConfig, use_te: bool):
+    spec = layer_spec(m, use_te)
+    if use_te:
+        return spec
+    # Our norm for the final norm too (megatron would build its torch wrapper there, which refuses SP).
+    return ModuleSpec(module=TransformerBlock, submodules=TransformerBlockSubmodules(
+        layer_specs=[spec] * m.num_layers, layer_norm=MegatronRMSNorm))
+
+
+def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int = 1, cp: int = 1,
+                       use_te: bool | None = None) -> TransformerConfig:
+    use_te = te_available() if use_te is None else use_te
+    on_cpu = not torch.cuda.is_available()
+    if m.precision not in ("fp32", "bf16", "fp8"):
+        raise ValueError(f"model.precision={m.precision!r}: expected fp32, bf16 or fp8")
+    if pp != 1:
+        raise ValueError(f"parallel.pp={pp}: this benchmark runs without pipeline parallelism (NVIDIA's layouts "
+                         "are TP x CP x DP)")
+    if cp > 1 and m.seq_length % (2 * cp):
+        raise ValueError(f"model.seq_length={m.seq_length} is not divisible by 2*cp = {2 * cp} (CP's chunks)")
+    if cp > 1:
+        _cpu_cp_rope_shim()
+    if m.num_attention_heads % m.num_query_groups:
+        raise ValueError(f"model.num_attention_heads={m.num_attention_heads} is not a multiple of "
+                         f"num_query_groups={m.num_query_groups}")
+    for name, value in (("num_query_groups", m.num_query_groups), ("vocab_size", m.vocab_size),
+                        ("ffn_hidden_size", m.ffn_hidden_size), ("lora_rank", m.lora_rank)):
+        if value % tp:
+            raise ValueError(f"model.{name}={value} is not divisible by parallel.tp={tp}")
+    bf16 = m.precision in ("bf16", "fp8")
+    kwargs = dict(
+        num_layers=m.num_layers, hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups, ffn_hidden_size=m.ffn_hidden_size, layernorm_epsilon=m.rms_norm_eps,
+        normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False,
+        hidden_dropout=0.0, attention_dropout=0.0, apply_query_key_layer_scaling=False,
+        bias_activation_fusion=False, bias_dropout_fusion=False, masked_softmax_fusion=False,
+        persist_layer_norm=False, gradient_accumulation_fusion=False, apply_rope_fusion=False,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp,
+        sequence_parallel=t.sequence_parallel and tp > 1,
+        bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32, autocast_dtype=None,
+        use_cpu_initialization=on_cpu, perform_initialization=True, batch_p2p_comm=not on_cpu,
+        attention_backend=AttnBackend.auto if use_te else AttnBackend.local,
+    )
+    if m.precision == "fp8":
+        kwargs.update(fp8_amax_history_len=m.fp8_amax_history_len, fp8_amax_compute_algo="max")
+        if use_te:
+            kwargs.update(fp8="hybrid")
+    if use_te and torch.cuda.is_available():
+        kwargs.update(bias_activation_fusion=True, apply_rope_fusion=True)
+    return TransformerConfig(**kwargs)
+
+
+def build_model(m: ModelConfig, config: TransformerConfig, use_te: bool | None = None) -> GPTModel:
+    """The whole model (one pipeline stage): base weights frozen, LoRA adapters trainable."""
+    use_te = te_available() if use_te is None else use_te
+    model_cls = GPTModel if use_te else KernelGPTModel  # TE's path as megatron builds it
+    model = model_cls(config=config, transformer_layer_spec=block_spec(m, use_te), vocab_size=m.vocab_size,
+                      max_sequence_length=m.seq_length, pre_process=True, post_process=True,
+                      share_embeddings_and_output_weights=False, position_embedding_type="rope",
+                      rotary_percent=1.0, rotary_base=int(m.rope_theta), parallel_output=True)
+    for name, p in model.named_parameters():
+        p.requires_grad_(".adapter.lora_" in name)
+    return model

@@ -14,6 +14,7 @@ debug log of that benchmark could never pass. Relabelled closed, the same log pa
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,8 +24,12 @@ KNOWN_DEFECTS = {("open", "llama2_70b_lora"): frozenset({"submission_benchmark"}
 
 
 def run_checker(log_path: str) -> tuple[int, str]:
+    """The checker's exit code and report. It writes its own compliance_checker.log into its working
+    directory: run it beside the log, not wherever the user stands."""
+    log_path = os.path.abspath(log_path)
     r = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
-                        "--ruleset", RULESET, str(log_path)], capture_output=True, text=True)
+                        "--ruleset", RULESET, log_path], capture_output=True, text=True,
+                       cwd=os.path.dirname(log_path))
     return r.returncode, r.stdout + r.stderr
 
 

@@ -166,6 +166,12 @@ class Benchmark(abc.ABC):
     def evaluate(self) -> float:
         """The quality metric over the whole eval set, identical on every rank."""
 
+    def eval_accuracy_lines(self, value: float) -> list[tuple[float, dict]]:
+        """The `eval_accuracy` lines of the evaluation that returned `value`: (logged value, metadata added to
+        the block's). One line with the value, unless the rules want several: Stable Diffusion logs FID and
+        CLIP as two lines with a `metric` each, and returns one combined value for the target decision."""
+        return [(value, {})]
+
     def progress_fields(self) -> dict:
         """Extra fields for the progress line (e.g. the learning rate)."""
         return {}

@@ -225,7 +225,8 @@ class RunLoop:
     def _record(self, block, samples: int, value: float, before_eval_stop: bool = False) -> tuple | None:
         """Log one evaluation's score; (status, reason, exit code) when it ends the run."""
         ctx = self.ctx
-        ctx.log.event(constants.EVAL_ACCURACY, value, metadata=block.eval_metadata)
+        for logged, extra in self.bench.eval_accuracy_lines(value):
+            ctx.log.event(constants.EVAL_ACCURACY, logged, metadata={**block.eval_metadata, **extra})
         if before_eval_stop:
             ctx.log.end(constants.EVAL_STOP, metadata=block.eval_metadata)
         self.state.evals.append((samples, value))

@@ -103,9 +103,14 @@ def test_debug_run_reaches_its_target_with_a_compliant_log(name, debug_run, tmp_
     keys = [e["key"] for e in events]
     assert keys.count("run_start") == keys.count("run_stop") == 1 and keys.count("seed") == 1
     assert events[-1]["key"] == "run_stop" and events[-1]["metadata"]["status"] == "success"
-    positions = [e["metadata"]["epoch_num"] for e in events if e["key"] == "eval_accuracy"]
-    assert events[-1]["metadata"]["epoch_num"] == positions[-1]  # where it stopped, in the RCP unit
-    assert len(positions) == len(evals) and positions == sorted(set(positions)), positions
+    # one eval_accuracy line per evaluation (per metric, where the rules want several: SD's FID and CLIP)
+    lines: dict = {}
+    for e in events:
+        if e["key"] == "eval_accuracy":
+            lines.setdefault(e["metadata"].get("metric"), []).append(e["metadata"]["epoch_num"])
+    for positions in lines.values():
+        assert events[-1]["metadata"]["epoch_num"] == positions[-1]  # where it stopped, in the RCP unit
+        assert len(positions) == len(evals) and positions == sorted(set(positions)), positions
     for artefact in ("eval_curve.png", "summary.txt", "run_config.json"):
         assert (run.run_dir / artefact).stat().st_size > 0, artefact
 

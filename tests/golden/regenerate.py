@@ -44,6 +44,8 @@ CASES = {
     "llama2_70b_lora_1p": ("llama2_70b_lora", 1, []),
     "llama2_70b_lora_tp2": ("llama2_70b_lora", 2, ["parallel.tp=2"]),
     "llama2_70b_lora_dp2": ("llama2_70b_lora", 2, []),
+    "stable_diffusion_1p": ("stable_diffusion", 1, []),
+    "stable_diffusion_dp2": ("stable_diffusion", 2, []),
 }
 
 

@@ -561,7 +561,8 @@ def _llama2(system, cfg):
 
 # How each benchmark's config names spell its shape (shared/spec/launcher_conventions.md, section 2).
 NAME_RULES = {"resnet": _batch_per_gpu, "dlrm_dcnv2": _batch_per_gpu, "bert": _bert, "gpt3": _gpt3,
-              "unet3d": _batch_per_gpu, "ssd": _batch_per_gpu, "gnn": _batch_per_gpu, "llama2_70b_lora": _llama2}
+              "unet3d": _batch_per_gpu, "ssd": _batch_per_gpu, "gnn": _batch_per_gpu, "llama2_70b_lora": _llama2,
+              "stable_diffusion": _batch_per_gpu}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}-{c.stem}")

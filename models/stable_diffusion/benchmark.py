@@ -1,0 +1,327 @@
+"""Stable Diffusion v2: what the run loop needs (build, warm-up, data, train step, eval, keys).
+
+A train step: this rank's moments and captions of global batch `step`; the latent is sampled from the
+moments, the captions encoded by the frozen text encoder, and the UNet trained on the v target at a uniform
+timestep. The latent noise, timesteps and diffusion noise are drawn for the whole global batch from (seed,
+step) and sliced per rank, so a global batch trains the same whatever the layout and after a resume.
+
+An evaluation (every CEIL(512000 / GBS) steps, where the real flavours also checkpoint): the eval prompts
+are spread over the ranks; each generates its images (DDIM, guidance, VAE decode), their FID features and
+CLIP cosines; the features are gathered for the FID against the reference statistics, the cosines summed.
+FID and CLIP are logged as two `eval_accuracy` lines (`metric`, `samples_count`; eval_accuracy_lines) that
+the checker aggregates; evaluate() returns min(FID target / FID, CLIP / CLIP target) to the loop, at least 1
+exactly when both targets hold. Checkpoints (each evaluation in the real flavours, run.checkpoint_every_blocks=1)
+are copied to host memory at once and written by a background thread while training continues.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from mlperf_logging.mllog import constants
+
+from kernels.optimizers import FusedAdamW
+from models.stable_diffusion import diffusion
+from models.stable_diffusion.config import StableDiffusionConfig, clip_config, vae_config
+from models.stable_diffusion.frozen import (
+    TextEncoder,
+    build_clip,
+    build_feature_net,
+    build_vae,
+    clip_cosines,
+    decode_images,
+)
+from models.stable_diffusion.metrics import feature_statistics, frechet_distance
+from models.stable_diffusion.model import build_unet
+from models.stable_diffusion.parallelize import parallelize
+from models.stable_diffusion.state_dict_adapter import load_ldm_checkpoint, split_checkpoint
+from pipelines.laion import format as fmt
+from runtime import checkpoint, schedule
+from runtime.benchmark import RunContext
+from runtime.data_parallel import unwrap
+from runtime.data_parallel_benchmark import DataParallelBenchmark
+from runtime.schedule import Block
+
+WARMUP_START_FACTOR = 1e-6  # LDM's LambdaLinearScheduler starts the warm-up here
+
+
+def write_synthetic_data(cfg: StableDiffusionConfig, out_dir: str) -> None:
+    from models.stable_diffusion.synthetic import write_synthetic_sd
+
+    write_synthetic_sd(cfg, out_dir)
+
+
+def learning_rate(step: int, *, base_lr: float, warmup_steps: int) -> float:
+    """Linear from WARMUP_START_FACTOR x base to base over `warmup_steps`, then constant."""
+    if step >= warmup_steps:
+        return base_lr
+    alpha = step / warmup_steps
+    return base_lr * (WARMUP_START_FACTOR + (1 - WARMUP_START_FACTOR) * alpha)
+
+
+def hyperparameters(cfg: StableDiffusionConfig) -> dict:
+    """The closed_stable_diffusion.yaml keys of a configuration (the reference logs the scaled lr)."""
+    o, t = cfg.optim, cfg.train
+    return {constants.GLOBAL_BATCH_SIZE: t.global_batch_size, constants.GRADIENT_ACCUMULATION_STEPS: t.grad_accum,
+            constants.OPT_NAME: "adamw", "opt_adamw_beta_1": o.beta1, "opt_adamw_beta_2": o.beta2,
+            "opt_adamw_epsilon": o.eps, "opt_adamw_weight_decay": o.weight_decay,
+            constants.OPT_BASE_LR: o.lr_per_sample * t.global_batch_size,
+            constants.OPT_LR_WARMUP_STEPS: o.warmup_steps}
+
+
+def eval_interval_steps(cfg: StableDiffusionConfig) -> int:
+    return math.ceil(cfg.train.checkpoint_every_images / cfg.train.global_batch_size)
+
+
+class StableDiffusionBenchmark(DataParallelBenchmark):
+    precisions = ("fp32", "tf32", "bf16")
+    eval_counters = ("clip_sum", "images")
+
+    def __init__(self, cfg: StableDiffusionConfig, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        d, t, o, e = cfg.data, cfg.train, cfg.optim, cfg.eval
+        if d.loader not in ("stream", "indexed"):
+            raise ValueError(f"data.loader={d.loader!r}: expected 'stream' or 'indexed'")
+        if e.eta != 0.0:
+            raise ValueError(f"eval.eta={e.eta}: the sampler is deterministic DDIM (eta 0)")
+        if t.max_images < t.checkpoint_every_images:
+            raise ValueError(f"train.max_images={t.max_images} < train.checkpoint_every_images="
+                             f"{t.checkpoint_every_images}: no evaluation would run")
+        if ctx.device.type == "cpu" and t.cpu_threads > 0:
+            torch.set_num_threads(t.cpu_threads)
+        self.alphas_cumprod = diffusion.alphas_cumprod().to(ctx.device)
+        self.model = parallelize(build_unet(cfg.model.unet), ctx.layout, ctx.device, compile=t.compile)
+        self.optimizer = FusedAdamW(unwrap(self.model).parameters(), lr=o.lr_per_sample * t.global_batch_size,
+                                    betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+        self.memory_format = torch.channels_last if ctx.device.type == "cuda" else torch.contiguous_format
+        self._frozen = None
+        self._steps_done = 0
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
+
+    # -- frozen networks (loaded on first use: the warm-up, untimed, or the first step) --------------------
+    def frozen(self) -> dict:
+        if self._frozen is None:
+            d, m, e, ctx = self.cfg.data, self.cfg.model, self.cfg.eval, self.ctx
+            path = ctx.data_path(d.sd_checkpoint)
+            parts = split_checkpoint(load_ldm_checkpoint(path), path)
+            text = TextEncoder(clip_config(m.clip)).load(parts["text"], f"{path} (cond_stage_model)")
+            self._frozen = {
+                "text": text.to(ctx.device).eval().requires_grad_(False),
+                "vae": build_vae(vae_config(m.vae), parts["vae"], f"{path} (first_stage_model)").to(ctx.device),
+                "clip": build_clip(clip_config(m.clip), ctx.data_path(d.clip_checkpoint)).to(ctx.device),
+                "features": build_feature_net(e.fid_network, e.fid_widths, ctx.data_path(d.fid_weights))
+                .to(ctx.device),
+            }
+        return self._frozen
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        text = self.frozen()["text"]
+        return text(text.tokenize(captions).to(self.ctx.device))
+
+    # -- logging -----------------------------------------------------------------------------------------
+    def log_hyperparameters(self) -> None:
+        for key, value in hyperparameters(self.cfg).items():
+            self.ctx.log.event(key, value)
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def learning_rate(self, step: int) -> float:
+        o = self.cfg.optim
+        return learning_rate(step, base_lr=o.lr_per_sample * self.global_batch_size, warmup_steps=o.warmup_steps)
+
+    def _draws(self, step: int, n_local: int, shape: tuple[int, ...]):
+        """(latent eps, timesteps, diffusion noise) of this rank's slice of global batch `step`."""
+        g = torch.Generator().manual_seed(self.ctx.seed * 1_000_003 + step + 1)
+        gbs = self.global_batch_size
+        eps = torch.randn((gbs, *shape), generator=g)
+        t = torch.randint(0, len(self.alphas_cumprod), (gbs,), generator=g)
+        noise = torch.randn((gbs, *shape), generator=g)
+        first = self.ctx.layout.dp_rank * n_local
+        return eps[first:first + n_local], t[first:first + n_local], noise[first:first + n_local]
+
+    def _micro_batches(self, moments: torch.Tensor, captions: list[str], step: int) -> list:
+        n = moments.shape[0]
+        eps, t, noise = self._draws(step, n, (moments.shape[1] // 2, *moments.shape[2:]))
+        context = self.encode_text(captions)
+        dev = self.ctx.device
+        tensors = (moments.to(dev, non_blocking=True), context, eps.to(dev), t.to(dev), noise.to(dev))
+        return self.split_micro_batches(tensors)
+
+    def loss(self, micro_batch) -> torch.Tensor:
+        moments, context, eps, t, noise = micro_batch
+        z0 = fmt.latent_from_moments(moments, eps)
+        x_t = diffusion.noised(z0, noise, t, self.alphas_cumprod).contiguous(memory_format=self.memory_format)
+        with self.autocast():
+            v = self.model(x_t, t, context)
+        return F.mse_loss(v.float(), diffusion.v_target(z0, noise, t, self.alphas_cumprod))
+
+    def train_micro_batches(self, step: int) -> list:
+        self._steps_done = step + 1
+        moments, captions = self.train_data.batch(step)
+        return self._micro_batches(moments, captions, step)
+
+    def synthetic_batches(self) -> tuple[list, object]:
+        size, n = self.cfg.model.latent_size, self.micro_batch * self.cfg.train.grad_accum
+        g = torch.Generator().manual_seed(0)
+        moments = torch.randn(n, fmt.MOMENT_CHANNELS, size, size, generator=g)
+        return self._micro_batches(moments, ["a warm-up caption"] * n, 0), ["a warm-up prompt"] * 2
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[str], indices: list[int]) -> torch.Tensor:
+        """Images in [0, 1] of `prompts`; prompt i's initial noise comes from (eval.seed, indices[i])."""
+        e, m, dev = self.cfg.eval, self.cfg.model, self.ctx.device
+        shape = (m.unet.in_channels, m.latent_size, m.latent_size)
+        x_T = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(e.seed * 1_000_003 + i))
+                           for i in indices]).to(dev)
+        context = self.encode_text(prompts)
+        uncond = self.encode_text([""] * len(prompts))
+        model = unwrap(self.model)
+
+        def predict(x, t, c):
+            with self.autocast():
+                return model(x.contiguous(memory_format=self.memory_format), t, c)
+
+        z0 = diffusion.ddim_sample(predict, x_T, context, uncond, self.alphas_cumprod, steps=e.ddim_steps,
+                                   guidance=e.guidance)
+        return decode_images(self.frozen()["vae"], z0.float(), fmt.SCALE_FACTOR)
+
+    @torch.no_grad()
+    def _score(self, prompts: list[str], indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(FID features, CLIP cosines) of the generated images of `prompts`."""
+        frozen = self.frozen()
+        images = self.generate(prompts, indices)
+        tokens = frozen["text"].tokenize(prompts).to(self.ctx.device)
+        return frozen["features"](images).double(), clip_cosines(frozen["clip"], images, tokens).double()
+
+    def eval_counts(self, batch) -> torch.Tensor:
+        """Warm-up only (evaluate() below does the real thing): the eval path on a few prompts."""
+        _, cosines = self._score(batch, list(range(len(batch))))
+        return torch.stack([cosines.sum(), torch.tensor(float(len(batch)), dtype=torch.float64,
+                                                        device=self.ctx.device)])
+
+    def evaluate(self) -> float:
+        e, dp = self.cfg.eval, self.ctx.layout.dp
+        self.model.eval()
+        prompts = self.eval_data["prompts"]
+        mine = list(range(self.ctx.layout.dp_rank, len(prompts), dp))  # strided: balanced to one prompt
+        features, cosines = [], []
+        for first in range(0, len(mine), e.batch):
+            idx = mine[first:first + e.batch]
+            f, c = self._score([prompts[i] for i in idx], idx)
+            features.append(f)
+            cosines.append(c)
+        dim = self.frozen()["features"].dim
+        local_f = torch.cat(features) if features else torch.zeros(0, dim, dtype=torch.float64, device=self.ctx.device)
+        local_c = torch.cat(cosines) if cosines else torch.zeros(0, dtype=torch.float64, device=self.ctx.device)
+        all_f = local_f
+        totals = torch.stack([local_c.sum(), torch.tensor(float(len(local_c)), dtype=torch.float64,
+                                                            device=self.ctx.device)])
+        if self.ctx.launch.world_size > 1:
+            group = self.ctx.layout.dp_group()
+            # Ranks hold len(prompts) // dp or one more: pad to the largest, gather, drop the padding.
+            most = math.ceil(len(prompts) / dp)
+            padded = torch.zeros(most, dim, dtype=torch.float64, device=local_f.device)
+            padded[:len(local_f)] = local_f
+            gathered = [torch.empty_like(padded) for _ in range(dp)]
+            dist.all_gather(gathered, padded, group=group)
+            all_f = torch.cat([g[:len(range(r, len(prompts), dp))] for r, g in enumerate(gathered)])
+            dist.all_reduce(totals, group=group)
+        if int(totals[1]) != self.cfg.data.eval_samples:
+            raise RuntimeError(f"evaluated {int(totals[1])} prompts, expected all {self.cfg.data.eval_samples}")
+        mu, sigma = feature_statistics(all_f.cpu().numpy())
+        fid = frechet_distance(mu, sigma, *self.eval_data["stats"])
+        clip = float(totals[0] / totals[1])
+        samples = self._steps_done * self.global_batch_size
+        self._scores = {"FID": fid, "CLIP": clip, "samples_count": samples}
+        if self.ctx.is_main:
+            print(f"eval after {samples} images: FID {fid:.4f} (target <= {e.fid_target}), CLIP {clip:.4f} "
+                  f"(target >= {e.clip_target})", flush=True)
+        return pass_ratio(fid, clip, e.fid_target, e.clip_target)
+
+    def eval_accuracy_lines(self, value: float) -> list[tuple[float, dict]]:
+        """FID and CLIP of the last evaluation, a line each (what the checker aggregates per samples_count)."""
+        samples = self._scores["samples_count"]
+        return [(self._scores[m], {"metric": m, "samples_count": samples}) for m in ("FID", "CLIP")]
+
+    # -- data and blocks -------------------------------------------------------------------------------
+    def open_data(self) -> dict:
+        from pipelines.laion.loader import IndexedMoments, StreamingMoments
+
+        d, ctx = self.cfg.data, self.ctx
+        common = dict(latent_size=self.cfg.model.latent_size, global_batch_size=self.global_batch_size,
+                      rank=ctx.layout.dp_rank, world_size=ctx.layout.dp, seed=ctx.seed)
+        if d.loader == "indexed":
+            self.train_data = IndexedMoments(ctx.data_dir, **common)
+        else:
+            self.train_data = StreamingMoments(ctx.data_dir, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
+                                               num_samples=d.train_samples, **common)
+        prompts = fmt.read_prompts(ctx.data_path(fmt.PROMPTS_FILE))
+        stats = fmt.read_fid_stats(ctx.data_path(fmt.STATS_FILE), self.frozen()["features"].dim)
+        self.eval_data = {"prompts": prompts, "stats": stats}
+        return self.check_sizes({"train_samples": self.train_data.num_samples, "eval_samples": len(prompts)})
+
+    def blocks(self) -> list[Block]:
+        """An evaluation every CEIL(checkpoint_every_images / GBS) steps, up to the budget."""
+        t = self.cfg.train
+        ends = schedule.every(eval_interval_steps(self.cfg), math.ceil(t.max_images / t.global_batch_size))
+        return schedule.blocks(ends, "samples", global_batch_size=self.global_batch_size)
+
+    # -- checkpoints: written in the background (NVIDIA's are too), so that training goes on meanwhile ------
+    def save_checkpoint(self, directory: str, common: dict) -> None:
+        state = {**common, "benchmark": self.state_dict()}
+        if not self.ctx.is_main:
+            return
+        # A host copy now: the next optimizer step updates the parameters and moments in place.
+        host = _host_copy(state)
+        self.wait_for_checkpoint()
+
+        def write():
+            try:
+                checkpoint.save_atomic(host, os.path.join(directory, checkpoint.LATEST))
+            except BaseException as e:  # re-raised on the training thread by wait_for_checkpoint
+                self._writer_error = e
+
+        self._writer = threading.Thread(target=write, name="checkpoint-writer", daemon=False)
+        self._writer.start()
+
+    def wait_for_checkpoint(self) -> None:
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            error, self._writer_error = self._writer_error, None
+            raise RuntimeError(f"writing the checkpoint failed: {error}") from error
+
+    def close(self) -> None:
+        close = getattr(self.train_data, "close", None)
+        if close is not None:
+            close()
+        self.wait_for_checkpoint()
+
+
+def _host_copy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(v) for v in value)
+    return value
+
+
+def pass_ratio(fid: float, clip: float, fid_target: float, clip_target: float) -> float:
+    """min(FID target / FID, CLIP / CLIP target): >= 1 exactly when FID <= target and CLIP >= target."""
+    if not (math.isfinite(fid) and math.isfinite(clip)):
+        return math.nan
+    fid_ratio = math.inf if fid <= 0 else fid_target / fid
+    return float(min(fid_ratio, clip / clip_target))
+
+
+

@@ -1,0 +1,123 @@
+"""LAION-400M moments shards and the COCO eval inputs, as the MLPerf SD reference lays them out.
+
+Train shards: webdataset tars `webdataset-moments-filtered/NNNNN.tar`; per sample key a `<key>.npy` float32
+(1, 8, 64, 64) of VAE moments (mean and log-variance, 4 + 4 channels) and a `<key>.txt` UTF-8 caption; other
+members (`.json` ...) are ignored. Eval: `val2014_30k.tsv` (tab-separated, header `image_id id caption`) and
+`val2014_30k_stats.npz` (Inception pool3 `mu` (2048,) and `sigma` (2048, 2048)).
+
+Every malformed input is an error naming the shard and key (or file) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+
+import numpy as np
+
+SHARD_DIR = "webdataset-moments-filtered"
+PROMPTS_FILE = "val2014_30k.tsv"
+STATS_FILE = "val2014_30k_stats.npz"
+MOMENT_CHANNELS = 8
+SCALE_FACTOR = 0.18215  # SD's latent scale
+LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamp
+
+
+def shard_paths(data_dir: str) -> list[str]:
+    paths = sorted(glob.glob(os.path.join(data_dir, SHARD_DIR, "*.tar")))
+    if not paths:
+        raise FileNotFoundError(f"{os.path.join(data_dir, SHARD_DIR)}: no *.tar shards")
+    return paths
+
+
+def write_shard(path: str, samples) -> None:
+    """samples: (key, moments float32 (1, 8, h, w), caption) in order."""
+    import webdataset as wds
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with wds.TarWriter(path) as sink:
+        for key, moments, caption in samples:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(moments, dtype=np.float32), allow_pickle=False)
+            sink.write({"__key__": key, "npy": buf.getvalue(), "txt": caption.encode("utf-8")})
+
+
+def decode_sample(raw: dict, shard: str, latent_size: int) -> tuple[str, np.ndarray, str]:
+    """(key, moments (8, h, w) float32, caption) of one raw webdataset sample; raises naming shard and key."""
+    key = raw.get("__key__", "?")
+    where = f"{shard}: sample {key!r}"
+    for ext in ("npy", "txt"):
+        if ext not in raw:
+            members = sorted(k for k in raw if not k.startswith("__"))
+            raise ValueError(f"{where} has no .{ext} member (members: {members})")
+    try:
+        moments = np.load(io.BytesIO(raw["npy"]), allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{where}: .npy member is not a readable numpy array ({type(e).__name__}: {e})") from None
+    want = (1, MOMENT_CHANNELS, latent_size, latent_size)
+    if moments.dtype != np.float32 or moments.shape != want:
+        raise ValueError(f"{where}: moments {moments.dtype} {moments.shape}, expected float32 {want}")
+    try:
+        caption = raw["txt"].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: .txt member is not UTF-8 ({e})") from None
+    return key, moments[0], caption
+
+
+def iterate_shard(path: str, latent_size: int):
+    """Every sample of one shard, in order, through webdataset's tar reader."""
+    import webdataset as wds
+
+    def reraise(exn):
+        raise ValueError(f"{path}: malformed tar ({type(exn).__name__}: {exn})") from exn
+
+    # Every rank reads the whole shard it names (the caller decides who reads what): no node splitting.
+    for raw in wds.WebDataset(path, shardshuffle=False, handler=reraise, empty_check=False,
+                              nodesplitter=lambda urls: urls):
+        yield decode_sample(raw, path, latent_size)
+
+
+def latent_from_moments(moments_B8HW, eps_B4HW):
+    """z = (mean + exp(0.5 logvar) eps) x 0.18215, logvar clamped as LDM does (torch tensors)."""
+    mean, logvar = moments_B8HW.chunk(2, dim=1)
+    std = (0.5 * logvar.clamp(*LOGVAR_RANGE)).exp()
+    return (mean + std * eps_B4HW) * SCALE_FACTOR
+
+
+def read_prompts(path: str) -> list[str]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: the eval prompts file is missing")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if not rows or "caption" not in rows[0]:
+        raise ValueError(f"{path}: expected a header with a 'caption' column, got {rows[:1]}")
+    col = rows[0].index("caption")
+    out = []
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != len(rows[0]):
+            raise ValueError(f"{path}: line {n} has {len(row)} columns, the header {len(rows[0])}")
+        out.append(row[col])
+    return out
+
+
+def write_prompts(path: str, captions: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["image_id", "id", "caption"])
+        for i, caption in enumerate(captions):
+            w.writerow([i, i, caption])
+
+
+def read_fid_stats(path: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: the FID reference statistics are missing")
+    with np.load(path, allow_pickle=False) as z:
+        for name in ("mu", "sigma"):
+            if name not in z:
+                raise ValueError(f"{path}: missing array {name!r} (has {sorted(z.files)})")
+        mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise ValueError(f"{path}: mu {mu.shape} / sigma {sigma.shape}, expected ({dim},) / ({dim}, {dim})")
+    return mu, sigma

@@ -1,0 +1,81 @@
+"""Global batches of (moments, captions) from the moments shards.
+
+Two loaders, the same batches' shape: this rank's (moments (b, 8, h, w) float32, captions list[str]).
+
+- `IndexedMoments` ("indexed"): reads every shard once into memory and draws each global batch with
+  replacement from a generator seeded by (seed, step); each rank takes its slice. Global batch `step` is
+  then the same whatever the number of ranks and whether the run was resumed, which is what the debug
+  flavour's parity and resume checks need. It refuses a dataset too large to hold.
+- `StreamingMoments` ("stream"): the reference's pipeline: `WebDataset(resampled=True)` (shards drawn with
+  replacement, no epochs), a shuffle buffer of 1000, batched per rank in DataLoader workers, each rank and
+  worker seeded differently. Not reproducible across layouts, as the reference is not.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from pipelines.laion.format import decode_sample, iterate_shard, shard_paths
+
+MAX_INDEXED_BYTES = 4 << 30
+
+
+class IndexedMoments:
+    def __init__(self, data_dir: str, *, latent_size: int, global_batch_size: int, rank: int, world_size: int,
+                 seed: int):
+        moments, captions = [], []
+        for path in shard_paths(data_dir):
+            for _, m, caption in iterate_shard(path, latent_size):
+                moments.append(m)
+                captions.append(caption)
+                if len(moments) * m.nbytes > MAX_INDEXED_BYTES:
+                    raise ValueError(f"{data_dir}: more than {MAX_INDEXED_BYTES >> 30} GiB of moments; use "
+                                     "data.loader=stream for a dataset of this size")
+        self.moments = torch.from_numpy(np.stack(moments))
+        self.captions = captions
+        self.num_samples = len(captions)
+        self.global_batch_size, self.rank, self.world_size, self.seed = global_batch_size, rank, world_size, seed
+        self.local = global_batch_size // world_size
+
+    def batch(self, step: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        index = torch.randint(self.num_samples, (self.global_batch_size,), generator=g)
+        mine = index[self.rank * self.local:(self.rank + 1) * self.local]
+        return self.moments[mine], [self.captions[i] for i in mine.tolist()]
+
+
+def _raw_stream(urls, seed: int, shuffle_buffer: int, latent_size: int, batch: int):
+    import webdataset as wds
+
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, deterministic=True),
+        wds.tarfile_to_samples(),
+        wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(seed)),
+        wds.map(lambda raw: decode_sample(raw, raw.get("__url__", "?"), latent_size)),
+        wds.batched(batch, collation_fn=lambda rows: (torch.from_numpy(np.stack([r[1] for r in rows])),
+                                                      [r[2] for r in rows]), partial=False),
+    )
+    return pipeline
+
+
+class StreamingMoments:
+    def __init__(self, data_dir: str, *, latent_size: int, global_batch_size: int, rank: int, world_size: int,
+                 seed: int, num_workers: int, shuffle_buffer: int = 1000, num_samples: int):
+        self.urls = shard_paths(data_dir)
+        self.num_samples = num_samples  # the reference's fixed count; a stream has no size of its own
+        self.local = global_batch_size // world_size
+        pipeline = _raw_stream(self.urls, seed * 7919 + rank, shuffle_buffer, latent_size, self.local)
+        self.loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
+                                                  persistent_workers=num_workers > 0)
+        self._iter = None
+
+    def batch(self, step: int):
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        return next(self._iter)
+
+    def close(self) -> None:
+        self._iter = None

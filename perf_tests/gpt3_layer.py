@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("gpt3_layer: needs a CUDA GPU (none here); nothing measured", file=sys.stderr)
         return 2
-    from models.gpt3.model import te_available
     from models.gpt3.plan import PEAK_TFLOPS
+    from runtime.mcore.layers import te_available
     from runtime.mcore.parallelize import init_megatron
     from runtime.parallel import ParallelLayout
 

@@ -186,9 +186,9 @@ def model_flops_per_step(gbs: int, s: int, layers: int, h: int, vocab: int) -> f
 
 
 def resolve_backend(backend: str | None) -> str:
-    """The layers the run would build: TE's when it imports on a GPU (models.gpt3.model.te_available)."""
+    """The layers the run would build: TE's when it imports on a GPU (runtime.mcore.layers.te_available)."""
     if backend in (None, "auto"):
-        from models.gpt3.model import te_available
+        from runtime.mcore.layers import te_available
 
         return "te" if te_available() else "local"
     if backend not in ("local", "te"):

@@ -31,9 +31,9 @@ from megatron.core.transformer.transformer_block import TransformerBlock, Transf
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from kernels.rms_norm import FusedRMSNorm
-from models.gpt3.model import KernelGPTModel, SdpaDotProductAttention, bias_dropout_add_builder, te_available
 from models.llama2_70b_lora.config import ModelConfig, TrainConfig
 from models.llama2_70b_lora.lora import LoraSettings, lora_linears
+from runtime.mcore.layers import KernelGPTModel, SdpaDotProductAttention, bias_dropout_add_builder, te_available
 
 
 class MegatronRMSNorm(FusedRMSNorm):

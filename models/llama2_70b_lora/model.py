@@ -93,22 +93,6 @@ def _cp_positions(rank: int, cp: int, chunk: int, device) -> torch.Tensor:
                       torch.arange((2 * cp - 1 - rank) * chunk, (2 * cp - rank) * chunk, device=device)])
 
 
-def _cpu_cp_rope_shim() -> None:
-    """megatron's per-CP-rank RoPE slice pins memory and moves its index to CUDA; the same slice on CPU.
-    (Belongs with runtime/mcore/cpu_shim.py, which this package may not edit.)"""
-    if torch.cuda.is_available():
-        return
-    from megatron.core.models.common.embeddings import rotary_pos_embedding
-
-    def on_this_cp_rank(pos_emb, seq_dim, cp_group):
-        cp, rank = cp_group.size(), cp_group.rank()
-        chunks = pos_emb.view(*pos_emb.shape[:seq_dim], 2 * cp, -1, *pos_emb.shape[seq_dim + 1:])
-        picked = chunks.index_select(seq_dim, torch.tensor([rank, 2 * cp - 1 - rank]))
-        return picked.reshape(*pos_emb.shape[:seq_dim], -1, *pos_emb.shape[seq_dim + 1:])
-
-    rotary_pos_embedding.get_pos_emb_on_this_cp_rank = on_this_cp_rank
-
-
 def lora_settings(m: ModelConfig) -> LoraSettings:
     return LoraSettings(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout)
 
@@ -168,8 +152,6 @@ def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int = 1, 
                          "are TP x CP x DP)")
     if cp > 1 and m.seq_length % (2 * cp):
         raise ValueError(f"model.seq_length={m.seq_length} is not divisible by 2*cp = {2 * cp} (CP's chunks)")
-    if cp > 1:
-        _cpu_cp_rope_shim()
     if m.num_attention_heads % m.num_query_groups:
         raise ValueError(f"model.num_attention_heads={m.num_attention_heads} is not a multiple of "
                          f"num_query_groups={m.num_query_groups}")

@@ -9,7 +9,9 @@ megatron-core assumes CUDA in a few spots that matter to the debug runs and test
   * the schedules create their token counter with `device="cuda"` hard-coded: their module gets a view of
     `torch` whose `zeros` maps "cuda" to "cpu";
   * with PP and tied embeddings, LanguageModule moves the shared weight `.cuda()` before all-reducing it
-    between the first and last stage: during that one method `Tensor.cuda` returns the tensor itself.
+    between the first and last stage: during that one method `Tensor.cuda` returns the tensor itself;
+  * under context parallelism, RoPE's per-CP-rank slice of the position embedding pins memory and moves its
+    index to CUDA: the same slice (chunks rank and 2 cp - 1 - rank of 2 cp) on CPU.
 Still CUDA-only after this shim (kept for CUDA, replaced on CPU by runtime/mcore/parallelize.py): the
 distributed optimizer and megatron's grad clipping (both assert CUDA tensors).
 
@@ -108,6 +110,13 @@ def _on_cpu(method):
     return wrapper
 
 
+def _pos_emb_on_this_cp_rank(pos_emb: torch.Tensor, seq_dim: int, cp_group) -> torch.Tensor:
+    cp, rank = cp_group.size(), cp_group.rank()
+    chunks = pos_emb.view(*pos_emb.shape[:seq_dim], 2 * cp, -1, *pos_emb.shape[seq_dim + 1:])
+    picked = chunks.index_select(seq_dim, torch.tensor([rank, 2 * cp - 1 - rank]))
+    return picked.reshape(*pos_emb.shape[:seq_dim], -1, *pos_emb.shape[seq_dim + 1:])
+
+
 def apply() -> bool:
     """Patch megatron-core for CPU when there is no CUDA; returns whether the shim is active."""
     global _applied
@@ -115,6 +124,7 @@ def apply() -> bool:
         return False
     if _applied:
         return True
+    from megatron.core.models.common.embeddings import rotary_pos_embedding
     from megatron.core.models.common.language_module.language_module import LanguageModule
     from megatron.core.pipeline_parallel import p2p_communication, schedules
     from megatron.core.tensor_parallel import random as mp_random
@@ -128,6 +138,7 @@ def apply() -> bool:
     mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     schedules.torch = _TorchOnCpu()
     LanguageModule.setup_embeddings_and_output_layer = _on_cpu(LanguageModule.setup_embeddings_and_output_layer)
+    rotary_pos_embedding.get_pos_emb_on_this_cp_rank = _pos_emb_on_this_cp_rank
     del p2p_communication  # imported so its torch.cuda.current_device calls resolve to the patch above
     _applied = True
     return True

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -157,13 +158,21 @@ def _dlrm_dense_shapes():
     return bottom + cross + top
 
 
+def _unet3d_shapes():
+    from models.unet3d.model import UNet3DModelConfig, build_unet3d
+
+    with torch.device("meta"):
+        return [tuple(p.shape) for p in build_unet3d(UNet3DModelConfig()).parameters()]
+
+
 def optimizer_cases(device, smoke):
     from kernels.lamb_ref import LambReference
-    from kernels.optimizers import FusedAdagrad, FusedAdamW, FusedLAMB, FusedLARS
+    from kernels.optimizers import FusedAdagrad, FusedAdamW, FusedLAMB, FusedLARS, FusedSGD
     from models.resnet.lars import LARS
 
     sets = {"lars": ("resnet50", _resnet50_shapes()), "lamb": ("bert-large", _bert_large_shapes()),
-            "adamw": ("gpt3 TP8 4-layer shard", _gpt3_shard_shapes()), "adagrad": ("dlrm dense", _dlrm_dense_shapes())}
+            "adamw": ("gpt3 TP8 4-layer shard", _gpt3_shard_shapes()), "adagrad": ("dlrm dense", _dlrm_dense_shapes()),
+            "sgd": ("unet3d", _unet3d_shapes())}
     if smoke:
         sets = {k: (f"smoke {k}", [(33, 17), (17,), (1100,)]) for k in sets}
     builders = {
@@ -173,6 +182,9 @@ def optimizer_cases(device, smoke):
                   lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.1, foreach=True)),
         "adagrad": (20, lambda ps: FusedAdagrad(ps, lr=0.01, eps=1e-8),
                     lambda ps: torch.optim.Adagrad(ps, lr=0.01, eps=1e-8, foreach=True)),
+        # SGD: read w, g, buf; write w, buf (fp32)
+        "sgd": (20, lambda ps: FusedSGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+                lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, foreach=True)),
     }
     cases = []
     for key, (name, shapes) in sets.items():
@@ -191,6 +203,47 @@ def optimizer_cases(device, smoke):
     return cases
 
 
+GROUP_NORM_GROUPS = 16
+SD_GROUP_NORM_SHAPES = [(64, 320, 64, 64), (64, 640, 32, 32), (64, 1280, 16, 16), (64, 1280, 8, 8)]
+
+
+def group_norm_cases(device: torch.device, smoke: bool) -> list[Case]:
+    """GroupNorm(+SiLU) on the SD-2 UNet's shapes: NVIDIA's per-GPU batch of 64 at the four resolutions (latent
+    64 x 64 at 320 channels down to 8 x 8 at 1280), bf16, channels_last, 16 groups; with SiLU (ResBlocks) and
+    without (the spatial transformers' norm). Forward reads x, writes y; forward + backward also reads dy and
+    x again and writes dx (5 tensors of x's size)."""
+    from kernels.group_norm import group_norm, group_norm_ref
+
+    shapes = [(2, 32, 8, 8)] if smoke else SD_GROUP_NORM_SHAPES
+    out = []
+    for shape in shapes:
+        x = torch.randn(*shape, device=device, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        w = torch.ones(shape[1], device=device, requires_grad=True)
+        b = torch.zeros(shape[1], device=device, requires_grad=True)
+        nbytes = x.numel() * x.element_size()
+        name = "x".join(map(str, shape))
+        for silu in (True, False):
+            op = "group_norm_silu" if silu else "group_norm"
+
+            def ours(x, w, b, silu=silu):
+                return group_norm(x, GROUP_NORM_GROUPS, w, b, 1e-5, silu=silu)
+
+            def torch_eager(x, w, b, silu=silu):
+                y = F.group_norm(x, GROUP_NORM_GROUPS, w, b, 1e-5)
+                return F.silu(y) if silu else y
+
+            def reference(x, w, b, silu=silu):
+                return group_norm_ref(x, GROUP_NORM_GROUPS, w, b, 1e-5, silu)
+
+            inputs = (x, w, b)
+            out.append(Case(op, name, "fwd", "bytes", 2 * nbytes, lambda f=ours, a=inputs: f(*a),
+                            lambda f=torch_eager, a=inputs: f(*a), reference, inputs))
+            out.append(Case(op, name, "fwd+bwd", "bytes", 5 * nbytes, _fwd_bwd(ours, inputs),
+                            _fwd_bwd(torch_eager, inputs), reference, inputs))
+    return out
+
+
 def fp8_cases(device, smoke):
     from kernels.fp8 import FP8Linear
 
@@ -204,4 +257,4 @@ def fp8_cases(device, smoke):
                  _fwd_bwd(fp8, (x,)), _fwd_bwd(bf16, (x,)), None)]
 
 
-ALL = (norm_cases, elementwise_cases, cross_entropy_cases, optimizer_cases, fp8_cases)
+ALL = (norm_cases, elementwise_cases, cross_entropy_cases, optimizer_cases, group_norm_cases, fp8_cases)

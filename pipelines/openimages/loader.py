@@ -63,6 +63,12 @@ def transform(image_u8: torch.Tensor, boxes: torch.Tensor, flip: bool, size: int
     return image, boxes * scale
 
 
+def train_flip(seed: int, epoch: int, index: int) -> bool:
+    """The horizontal flip of training image `index` in `epoch`: a function of (seed, epoch, index) only, so any
+    loader (this one, dali.py) on any number of ranks or workers draws the same."""
+    return random.Random(f"openimages-train:{seed}:{epoch}:{index}").random() < 0.5
+
+
 class _ImageDataset(Dataset):
     """Keyed by (image index, epoch) so workers need no epoch state; the flip comes from (seed, epoch, index)."""
 
@@ -73,7 +79,7 @@ class _ImageDataset(Dataset):
         return len(self.split)
 
     def flip(self, i: int, epoch: int) -> bool:
-        return self.train and random.Random(f"openimages-train:{self.seed}:{epoch}:{i}").random() < 0.5
+        return self.train and train_flip(self.seed, epoch, i)
 
     def __getitem__(self, key: tuple[int, int]):
         i, epoch = key
@@ -99,7 +105,9 @@ def collate(samples) -> Batch:
                  torch.tensor([s[4] for s in samples], dtype=torch.int64))
 
 
-class _TrainBatches:
+class TrainBatches:
+    """Rank `rank`'s image indices of each global batch of an epoch, as lists of (index, epoch)."""
+
     def __init__(self, n: int, global_batch_size: int, rank: int, world_size: int, seed: int):
         if global_batch_size % world_size:
             raise ValueError(f"global batch {global_batch_size} is not divisible by {world_size} ranks")
@@ -123,7 +131,7 @@ class TrainLoader:
                  seed: int, num_workers: int, log=print):
         self.split = read_split(root, "train", log=log)
         self.num_samples = len(self.split)
-        self.sampler = _TrainBatches(self.num_samples, global_batch_size, rank, world_size, seed)
+        self.sampler = TrainBatches(self.num_samples, global_batch_size, rank, world_size, seed)
         self.loader = DataLoader(_ImageDataset(self.split, image_size, True, seed), batch_sampler=self.sampler,
                                  num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0,
                                  worker_init_fn=ignore_sigterm)

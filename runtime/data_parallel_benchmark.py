@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from kernels.shared_lr import SharedLearningRate
 from runtime.benchmark import Benchmark, RunContext
 from runtime.config import BenchmarkConfig
-from runtime.precision import autocast, autocast_dtype
+from runtime.precision import autocast, autocast_dtype, grad_scaler
 
 
 class DataParallelBenchmark(Benchmark):
@@ -45,6 +45,7 @@ class DataParallelBenchmark(Benchmark):
                              f"dp*grad_accum = {dp}*{t.grad_accum}")
         self.micro_batch = t.global_batch_size // (dp * t.grad_accum)  # samples per rank per micro-batch
         self.autocast_dtype = autocast_dtype(t.precision, self.precisions)
+        self.grad_scaler = grad_scaler(t.precision, ctx.device)  # fp16 only
         self.train_data = self.eval_data = None
         self._lr = 0.0
         self._epoch_iter, self._iter_epoch = None, -1
@@ -108,9 +109,13 @@ class DataParallelBenchmark(Benchmark):
             defer = i < count - 1 and isinstance(self.model, DistributedDataParallel)
             with self.model.no_sync() if defer else contextlib.nullcontext():
                 loss = self.loss(micro_batch) / count
-                loss.backward()
+                (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
             total += loss.detach()
-        self.optimizer.step()
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)  # unscales; skips the step if a gradient is not finite
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.after_step()
         return total
@@ -148,6 +153,17 @@ class DataParallelBenchmark(Benchmark):
             self.step_on(train, step)
         self.eval_totals([evaluation])
         self.load_state_dict(saved)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.grad_scaler is not None:  # the loss scale survives the warm-up's restore and a resume
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.grad_scaler is not None and "grad_scaler" in state:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
 
     def progress_fields(self) -> dict:
         return {"lr": float(self._lr)}

@@ -21,3 +21,9 @@ def autocast_dtype(precision: str, allowed: tuple[str, ...]) -> torch.dtype | No
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs a dynamic loss scale (its 5 exponent bits underflow small gradients); bf16 and fp32 do not.
+    A step whose gradients overflow is skipped and the scale halved; it doubles after 2000 clean steps."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None

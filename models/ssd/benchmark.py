@@ -45,6 +45,7 @@ def warmup_lr(step: int, *, base_lr: float, warmup_steps: int, warmup_factor: fl
 
 class SSDBenchmark(DataParallelBenchmark):
     eval_counters = ("images",)
+    precisions = ("fp32", "bf16", "fp16")
 
     def __init__(self, cfg: SSDConfig, ctx: RunContext):
         super().__init__(cfg, ctx)

@@ -48,7 +48,7 @@ class TrainConfig(base.TrainConfig):
     global_batch_size: int = 256
     grad_accum: int = 1
     max_epochs: int = 8  # budget: run_stop aborted if mAP has not reached the target by then (NVIDIA's cap)
-    precision: str = "bf16"  # "fp32" or "bf16" autocast (NVIDIA: fp16 with a scaler)
+    precision: str = "fp16"  # autocast: "fp16" with a dynamic grad scaler (NVIDIA's), "bf16" or "fp32"
     channels_last: bool = True
     compile: bool = False
     # COCO scoring in rank 0's background process while the next epoch trains (NVIDIA's choice); false:

@@ -1,6 +1,6 @@
-"""fp16 with a dynamic loss scale, as NVIDIA trains RetinaNet: torch's GradScaler drives our FusedAdam (the
-precondition of the runtime change that would give DataParallelBenchmark a scaler): a step whose gradients
-overflow is skipped and halves the scale; the others equal torch.optim.Adam on the unscaled gradients."""
+"""fp16 with a dynamic loss scale, as NVIDIA trains RetinaNet (the real flavours' precision; the scaler lives
+in DataParallelBenchmark): torch's GradScaler drives our FusedAdam, a step whose gradients overflow is skipped
+and halves the scale, the others equal torch.optim.Adam on the unscaled gradients; an fp16 run resumes exactly."""
 
 from __future__ import annotations
 
@@ -60,3 +60,32 @@ def test_fp16_autocast_losses_are_finite_and_near_fp32():
 
     full, half = loss(None), loss(torch.float16)
     assert torch.isfinite(half) and half.item() == pytest.approx(full.item(), rel=1e-2)
+
+
+def test_an_fp16_run_trains_keeps_its_loss_scale_and_resumes_onto_the_uninterrupted_losses(debug_data, tmp_path):
+    """The real flavours' precision on the debug model: losses fall, the checkpoint holds the loss scale, and a
+    resumed run continues exactly (the scale and its growth counter come back with the weights)."""
+    import subprocess
+
+    from conftest import REPO, read_metrics, train_command
+
+    data = debug_data("ssd")
+    common = ["--seed", "5", "train.precision=fp16", "run.log_every_steps=1"]
+
+    def run(out, *extra):
+        r = subprocess.run(train_command("ssd", data, out, *common, *extra), capture_output=True, text=True,
+                           cwd=REPO, timeout=900)
+        assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-3000:]  # stopped at run.max_steps
+        return {m["step"]: m["loss"] for m in read_metrics(out) if "loss" in m}
+
+    full = run(tmp_path / "full", "run.max_steps=8", "run.checkpoint_dir=")
+    assert sum(list(full.values())[-3:]) < sum(list(full.values())[:3])
+    checkpoints = f"run.checkpoint_dir={tmp_path / 'ck'}"
+    run(tmp_path / "first", "run.max_steps=4", checkpoints)
+    (saved,) = (tmp_path / "ck").glob("*.pt")
+    state = torch.load(saved, weights_only=True)["benchmark"]
+    assert state["grad_scaler"]["scale"] > 1
+    resumed = run(tmp_path / "resumed", "run.max_steps=8", checkpoints)
+    assert sorted(resumed) == list(range(5, 9))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(full[step], rel=1e-6), (step, resumed, full)

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from mlperf_logging.mllog import constants
 
-from kernels.optimizers import FusedAdam
+from kernels.backends import optimizer_class
 from models.ssd.anchors import generate_anchors
 from models.ssd.coco_eval import CocoScorer, ground_truth, mean_average_precision, to_coco_detections
 from models.ssd.config import SSDConfig
@@ -66,7 +66,8 @@ class SSDBenchmark(DataParallelBenchmark):
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model = parallelize(model, ctx.layout, ctx.device, channels_last=t.channels_last, compile=t.compile)
         trainable = [p for p in unwrap(self.model).parameters() if p.requires_grad]
-        self.optimizer = FusedAdam(trainable, lr=o.base_lr, weight_decay=o.weight_decay)
+        # our FusedAdam, or apex's under MLPERF_KERNELS=apex
+        self.optimizer = optimizer_class("adam")(trainable, lr=o.base_lr, weight_decay=o.weight_decay)
         self._anchors = {}
         self._detections, self._gt, self._category_ids = None, None, None
         self._scorer = None  # rank 0's background COCO scorer (train.async_eval)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from mlperf_logging.mllog import constants
 
-from kernels.optimizers import FusedAdamW
+from kernels.backends import optimizer_class
 from models.stable_diffusion import diffusion
 from models.stable_diffusion.config import StableDiffusionConfig, clip_config, vae_config
 from models.stable_diffusion.frozen import (
@@ -96,8 +96,10 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
             torch.set_num_threads(t.cpu_threads)
         self.alphas_cumprod = diffusion.alphas_cumprod().to(ctx.device)
         self.model = parallelize(build_unet(cfg.model.unet), ctx.layout, ctx.device, compile=t.compile)
-        self.optimizer = FusedAdamW(unwrap(self.model).parameters(), lr=o.lr_per_sample * t.global_batch_size,
-                                    betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+        # our FusedAdamW, or apex's under MLPERF_KERNELS=apex
+        adamw = optimizer_class("adamw")
+        self.optimizer = adamw(unwrap(self.model).parameters(), lr=o.lr_per_sample * t.global_batch_size,
+                               betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
         self.memory_format = torch.channels_last if ctx.device.type == "cuda" else torch.contiguous_format
         self._frozen = None
         self._steps_done = 0

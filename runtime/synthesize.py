@@ -4,7 +4,8 @@
 
 Each benchmark's SPEC names its `write_synthetic_data(cfg, out_dir)`; sizes come from the
 flavour's data config so the debug run and its data always agree. A directory that already holds a
-complete dataset (marked by `.complete`) is left as it is.
+complete dataset (marked by `.complete`) is left as it is. Writers run on one torch thread: float reductions
+(a random network's features, a VAE decode) then give the same bytes on any machine, in any process.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+import torch
 
 from runtime import config as config_lib
 from runtime.benchmark import load_spec
@@ -26,7 +29,12 @@ def synthesize(benchmark: str, flavour: str, out_dir: str, overrides: list[str] 
     spec = load_spec(benchmark)
     cfg = config_lib.apply_overrides(spec.config(flavour), list(overrides))
     os.makedirs(out_dir, exist_ok=True)
-    spec.write_synthetic_data(cfg, out_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec.write_synthetic_data(cfg, out_dir)
+    finally:
+        torch.set_num_threads(threads)
     with open(os.path.join(out_dir, _MARKER), "w") as f:
         f.write(f"{benchmark} {flavour} seed={cfg.data.synthetic_seed}\n")
     return True

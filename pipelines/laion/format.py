@@ -37,7 +37,8 @@ def write_shard(path: str, samples) -> None:
     import webdataset as wds
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with wds.TarWriter(path) as sink:
+    # A fixed member mtime: the same samples give the same bytes (checksums of a regenerated set hold).
+    with wds.TarWriter(path, mtime=0.0) as sink:
         for key, moments, caption in samples:
             buf = io.BytesIO()
             np.save(buf, np.asarray(moments, dtype=np.float32), allow_pickle=False)

@@ -30,24 +30,15 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from kernels.rms_norm import FusedRMSNorm
 from models.llama2_70b_lora.config import ModelConfig, TrainConfig
 from models.llama2_70b_lora.lora import LoraSettings, lora_linears
-from runtime.mcore.layers import KernelGPTModel, SdpaDotProductAttention, bias_dropout_add_builder, te_available
-
-
-class MegatronRMSNorm(FusedRMSNorm):
-    """FusedRMSNorm with the constructor megatron-core's specs call: (config, hidden_size, eps)."""
-
-    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
-        super().__init__(hidden_size, eps=eps, device="cpu" if config.use_cpu_initialization else None,
-                         dtype=config.params_dtype)
-        for p in self.parameters():
-            # Replicated, but under SP it sees only its sequence shard: megatron sums its grads over TP.
-            p.sequence_parallel = config.sequence_parallel
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)
+from runtime.mcore.layers import (
+    KernelGPTModel,
+    MegatronRMSNorm,
+    SdpaDotProductAttention,
+    bias_dropout_add_builder,
+    te_available,
+)
 
 
 class ContextParallelSdpaAttention(SdpaDotProductAttention):

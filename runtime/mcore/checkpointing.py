@@ -21,8 +21,13 @@ from runtime import checkpoint
 LATEST = checkpoint.STEP_POINTER
 
 
-def sharded_state(chunks, optimizer, *, is_loading: bool = False) -> dict:
-    model = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(chunks)}
+def sharded_state(chunks, optimizer, *, is_loading: bool = False, keep=None) -> dict:
+    """The model chunks' sharded state (only the entries whose key `keep` accepts, when given: Llama LoRA keeps
+    its adapters, its frozen base being the initial checkpoint) and the optimizer's."""
+    model = {}
+    for i, chunk in enumerate(chunks):
+        full = chunk.module.sharded_state_dict()
+        model[f"model{i}"] = full if keep is None else {k: v for k, v in full.items() if keep(k)}
     return {**model, "optimizer": optimizer.sharded_state_dict(model, is_loading=is_loading)}
 
 
@@ -31,15 +36,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(directory: str, chunks, optimizer, common: dict) -> str:
-    state = {**sharded_state(chunks, optimizer), "common": common}
+def save(directory: str, chunks, optimizer, common: dict, keep=None) -> str:
+    state = {**sharded_state(chunks, optimizer, keep=keep), "common": common}
     main = not dist.is_initialized() or dist.get_rank() == 0
     return checkpoint.save_step_dir(directory, int(common["loop"]["global_step"]),
                                     lambda path: dist_checkpointing.save(state, path), is_main=main, barrier=_barrier)
 
 
-def load(directory: str, chunks, optimizer, check) -> dict | None:
-    """Restore the checkpoint `latest` names; None when there is none. `check(common, where)` may raise."""
+def load(directory: str, chunks, optimizer, check, keep=None) -> dict | None:
+    """Restore the checkpoint `latest` names; None when there is none. `check(common, where)` may raise. With
+    `keep`, the other entries stay as they are and every kept one must be in the checkpoint."""
     path = checkpoint.latest_step_dir(directory)
     if path is None:
         return None
@@ -47,8 +53,14 @@ def load(directory: str, chunks, optimizer, check) -> dict | None:
     if "common" not in common:
         raise RuntimeError(f"checkpoint {path}: missing key 'common' (not written by this benchmark?)")
     check(common["common"], path)
-    state = dist_checkpointing.load(sharded_state(chunks, optimizer, is_loading=True), path)
+    state = dist_checkpointing.load(sharded_state(chunks, optimizer, is_loading=True, keep=keep), path)
     for i, chunk in enumerate(chunks):
-        chunk.module.load_state_dict(state[f"model{i}"])
+        if keep is None:
+            chunk.module.load_state_dict(state[f"model{i}"])
+            continue
+        result = chunk.module.load_state_dict(state[f"model{i}"], strict=False)
+        missing = [k for k in result.missing_keys if keep(k)]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint {path}: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
     optimizer.load_state_dict(state["optimizer"])
     return common["common"]

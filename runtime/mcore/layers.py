@@ -3,6 +3,7 @@ pieces with the project's kernels, and whether Transformer Engine's spec is used
 
     te_available()             TE imports and CUDA is there (kernels/backends.py): build on TE's layer spec
     MegatronFusedLayerNorm     kernels.layer_norm.FusedLayerNorm with megatron's spec constructor
+    MegatronRMSNorm            kernels.rms_norm.FusedRMSNorm, the same
     SdpaDotProductAttention    megatron's local core attention through torch SDPA (flash / memory-efficient)
     bias_dropout_add_builder   megatron's get_bias_dropout_add contract on kernels.bias_dropout_add
     KernelGPTModel             GPTModel whose LM loss is kernels.cross_entropy_parallel's vocab-parallel CE
@@ -24,6 +25,7 @@ from kernels import backends
 from kernels.bias_dropout_add import bias_dropout_add
 from kernels.cross_entropy_parallel import vocab_parallel_cross_entropy
 from kernels.layer_norm import FusedLayerNorm
+from kernels.rms_norm import FusedRMSNorm
 
 
 def te_available() -> bool:
@@ -32,8 +34,8 @@ def te_available() -> bool:
     return backends.te_usable()
 
 
-class MegatronFusedLayerNorm(FusedLayerNorm):
-    """FusedLayerNorm with the constructor megatron-core's specs call: (config, hidden_size, eps)."""
+class _MegatronNorm:
+    """The constructor megatron-core's specs call, (config, hidden_size, eps), over one of our fused norms."""
 
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
         super().__init__(hidden_size, eps=eps, device="cpu" if config.use_cpu_initialization else None,
@@ -44,6 +46,14 @@ class MegatronFusedLayerNorm(FusedLayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)
+
+
+class MegatronFusedLayerNorm(_MegatronNorm, FusedLayerNorm):
+    """kernels.layer_norm.FusedLayerNorm in megatron's spec (GPT-3)."""
+
+
+class MegatronRMSNorm(_MegatronNorm, FusedRMSNorm):
+    """kernels.rms_norm.FusedRMSNorm in megatron's spec (Llama)."""
 
 
 class SdpaDotProductAttention(DotProductAttention):

@@ -79,7 +79,7 @@ def eval_interval_steps(cfg: StableDiffusionConfig) -> int:
 
 
 class StableDiffusionBenchmark(DataParallelBenchmark):
-    precisions = ("fp32", "tf32", "bf16")
+    precisions = ("fp32", "tf32", "bf16", "fp16")
     eval_counters = ("clip_sum", "images")
 
     def __init__(self, cfg: StableDiffusionConfig, ctx: RunContext):

@@ -99,7 +99,7 @@ class TrainConfig(base.TrainConfig):
     grad_accum: int = 1
     checkpoint_every_images: int = 512_000  # evaluate (and checkpoint) every CEIL(512000 / GBS) steps
     max_images: int = 6_144_000  # the budget: 12 checkpoints, over twice the RCP mean of 2.56M images
-    precision: str = "bf16"
+    precision: str = "fp16"  # autocast with DataParallelBenchmark's dynamic grad scaler, as NVIDIA's fp16 UNet
     compile: bool = False
     cpu_threads: int = 0
 

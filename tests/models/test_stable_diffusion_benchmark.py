@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from models.stable_diffusion import SPEC  # noqa: E402
 from models.stable_diffusion.benchmark import eval_interval_steps, hyperparameters, learning_rate  # noqa: E402
+from runtime.precision import grad_scaler  # noqa: E402
 
 
 @pytest.mark.parametrize("flavour, gbs, lr, interval", [("dgxh100_1x8", 512, 6.4e-5, 1000),
@@ -33,6 +34,9 @@ def test_real_flavours_log_the_closed_hyperparameters(flavour, gbs, lr, interval
             cfg.eval.clip_target, cfg.data.train_samples, cfg.data.eval_samples) == (64, 50, 8.0, 90.0, 0.15,
                                                                                      6_513_144, 30_000)
     assert cfg.run.checkpoint_every_blocks == 1 and cfg.eval.fid_network == "inception"
+    # fp16 with the shared dynamic loss scale (runtime/precision.py grad_scaler), NVIDIA's precision
+    assert cfg.train.precision == "fp16" and "fp16" in SPEC.benchmark.precisions
+    assert grad_scaler(cfg.train.precision, torch.device("cpu")) is not None
 
 
 def test_warmup_is_linear_from_1e_6_then_constant():

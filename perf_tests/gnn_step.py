@@ -24,7 +24,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_name  # noqa: E402
+from machine import alternate, cpu_name  # noqa: E402
 
 from kernels.backends import optimizer_class  # noqa: E402
 from models.gnn.model import RGNNConfig, build_rgnn  # noqa: E402
@@ -89,12 +88,6 @@ def hetero_data(batch):
     return data
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def measure(name: str, args) -> None:
     papers, authors, dim, hidden, heads, classes, batch_size = SIZES[name]
     sizes = IGBHSizes(num_papers=papers, num_authors=authors, labelled_papers=papers, feature_dim=dim,
@@ -144,11 +137,8 @@ def measure(name: str, args) -> None:
         plain_opt.zero_grad(set_to_none=True)
 
     runs = {"ours": ours_step, "pyg": pyg_step}
-    times = {k: [timed(fn) for _ in range(args.warmup)] for k, fn in runs.items()}
-    for _ in range(args.iters):
-        for k, fn in runs.items():
-            times[k].append(timed(fn))
-    ours_ms, pyg_ms = (1e3 * statistics.median(times[k][args.warmup:]) for k in runs)
+    times = alternate(runs, args.warmup, args.iters)
+    ours_ms, pyg_ms = (1e3 * times.median(k) for k in runs)
     params = sum(p.numel() for p in ours.parameters())
     trainable = sum(p.numel() for p in ours.parameters() if p.requires_grad)
     print(f"| {name} | {dim}/{hidden}x{heads}h/{classes} | {batch_size} | {nodes:,.0f} / {edges:,.0f} | "

@@ -22,10 +22,7 @@ import argparse
 import contextlib
 import datetime
 import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +30,9 @@ import torch.nn.functional as F
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import alternate, cpu_name  # noqa: E402
 
 from models.resnet.lars import LARS  # noqa: E402
 from models.resnet.model import ResNetModelConfig, build_resnet, lars_param_groups  # noqa: E402
@@ -64,14 +64,6 @@ def make_step(model: torch.nn.Module, mode: str, args, device: torch.device):
     return step
 
 
-def timed(step, device: torch.device) -> float:
-    start = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
@@ -85,7 +77,7 @@ def main() -> None:
 
     print(f"# resnet_step  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {device}")
+          f"{cpu_name()}, {torch.get_num_threads()} threads, device {device}")
     print(f"batch {args.batch} x 3 x {args.size} x {args.size}, warmup {args.warmup}, timed {args.iters} (median)")
     # Other processes on a shared machine inflate every figure; the load average says how much to trust them.
     print(f"load average at start: {os.getloadavg()[0]:.2f}\n")
@@ -95,16 +87,9 @@ def main() -> None:
         torch.manual_seed(0)
         steps = {"ours": make_step(build_resnet(ResNetModelConfig()), mode, args, device),
                  "tv": make_step(torchvision.models.resnet50(), mode, args, device)}
-        times = {name: [] for name in steps}
-        for name, step in steps.items():
-            times[name] += [timed(step, device) for _ in range(args.warmup)]
-        # Alternate the two models step by step, so that load from other processes on a shared
-        # machine hits both alike instead of whichever happens to run during a burst.
-        for _ in range(args.iters):
-            for name, step in steps.items():
-                times[name].append(timed(step, device))
-        ours, theirs = (statistics.median(times[name][args.warmup:]) for name in steps)
-        ours_first, theirs_first = (times[name][0] for name in steps)
+        times = alternate(steps, args.warmup, args.iters, device)
+        ours, theirs = (times.median(name) for name in steps)
+        ours_first, theirs_first = (times.first(name) for name in steps)
         del steps
         torch._dynamo.reset()  # keep one mode's compiled graphs from being reused by the next
         print(f"| {mode} | {ours * 1e3:.0f} | {args.batch / ours:.1f} | {theirs * 1e3:.0f} | "

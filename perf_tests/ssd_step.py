@@ -23,9 +23,7 @@ import argparse
 import contextlib
 import datetime
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_name  # noqa: E402
+from machine import alternate, cpu_name  # noqa: E402
 
 from kernels.optimizers import FusedAdam  # noqa: E402
 from models.ssd.anchors import generate_anchors, level_sizes  # noqa: E402
@@ -118,12 +116,6 @@ def torchvision_step(cfg: SSDModelConfig, mode: str, images, boxes, labels):
     return step
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=320, help="input side (800 in the benchmark)")
@@ -153,13 +145,10 @@ def main() -> None:
         torch.manual_seed(0)
         runs = {"ours": our_step(cfg, mode, images, boxes, labels, args.our_optimizer),
                 "torchvision": torchvision_step(cfg, mode, images, boxes, labels)}
-        times = {name: [timed(fn) for _ in range(args.warmup)] for name, fn in runs.items()}
-        for _ in range(args.iters):
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
-        ours, theirs = (statistics.median(times[name][args.warmup:]) for name in runs)
+        times = alternate(runs, args.warmup, args.iters)
+        ours, theirs = (times.median(name) for name in runs)
         print(f"| {mode} | {ours:.2f} | {args.batch / ours:.2f} | {theirs:.2f} | {args.batch / theirs:.2f} | "
-              f"{ours / theirs:.3f} | {times['ours'][0]:.1f} / {times['torchvision'][0]:.1f} |", flush=True)
+              f"{ours / theirs:.3f} | {times.first('ours'):.1f} / {times.first('torchvision'):.1f} |", flush=True)
         del runs
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 

@@ -22,9 +22,7 @@ import argparse
 import contextlib
 import datetime
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from machine import cpu_name  # noqa: E402
+from machine import alternate, cpu_name  # noqa: E402
 
 from models.stable_diffusion.model import UNetConfig, build_unet  # noqa: E402
 from models.stable_diffusion.state_dict_adapter import diffusers_unet_config, unet_to_diffusers  # noqa: E402
@@ -61,14 +59,6 @@ def make_step(model: torch.nn.Module, is_ours: bool, args, device: torch.device,
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def timed(fn, device: torch.device) -> float:
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -101,11 +91,8 @@ def main() -> None:
     print(f"UNet channels {args.channels} ({params / 1e6:.1f}M parameters), batch {args.batch} x 4 x {args.latent}^2, "
           f"{args.precision}, warmup {args.warmup}, timed {args.iters} (median)")
     print(f"load average at start: {os.getloadavg()[0]:.2f}\n")
-    times = {name: [timed(fn, device) for _ in range(args.warmup)] for name, fn in runs.items()}
-    for _ in range(args.iters):
-        for name, fn in runs.items():
-            times[name].append(timed(fn, device))
-    ours_s, theirs_s = (statistics.median(times[name][args.warmup:]) for name in runs)
+    times = alternate(runs, args.warmup, args.iters, device)
+    ours_s, theirs_s = (times.median(name) for name in runs)
     print("| train step | ours s | ours images/s | diffusers s | diffusers images/s | ours / diffusers |")
     print("|---|---|---|---|---|---|")
     print(f"| {args.precision} | {ours_s:.3f} | {args.batch / ours_s:.2f} | {theirs_s:.3f} | "

@@ -25,9 +25,7 @@ import argparse
 import contextlib
 import datetime
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_name  # noqa: E402
+from machine import alternate, cpu_name  # noqa: E402
 
 from models.unet3d.inference import sliding_window_inference  # noqa: E402
 from models.unet3d.losses import dice_ce_loss  # noqa: E402
@@ -75,22 +73,10 @@ def make_step(model: torch.nn.Module, mode: str, args, device: torch.device):
     return step
 
 
-def timed(fn, device: torch.device) -> float:
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def compare(runs: dict, args, device) -> tuple[float, float, float, float]:
     """(ours median s, theirs median s, ours first s, theirs first s)."""
-    times = {name: [timed(fn, device) for _ in range(args.warmup)] for name, fn in runs.items()}
-    for _ in range(args.iters):
-        for name, fn in runs.items():
-            times[name].append(timed(fn, device))
-    ours, theirs = (statistics.median(times[name][args.warmup:]) for name in runs)
-    return ours, theirs, times["ours"][0], times["monai"][0]
+    times = alternate(runs, args.warmup, args.iters, device)
+    return times.median("ours"), times.median("monai"), times.first("ours"), times.first("monai")
 
 
 def main() -> None:

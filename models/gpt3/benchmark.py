@@ -32,6 +32,7 @@ from models.gpt3.model import build_model_chunks, te_available, transformer_conf
 from models.gpt3.reference_checkpoint import load_reference_checkpoint, write_synthetic_reference_checkpoint
 from runtime import schedule
 from runtime.benchmark import Benchmark, RunContext
+from runtime.init_checkpoint import init_checkpoint_dir
 from runtime.mcore import checkpointing
 from runtime.mcore.fp8_linear import reset_fp8_state, update_fp8_scales
 from runtime.mcore.parallelize import build_optimizer, destroy_megatron, init_megatron, wrap_ddp
@@ -317,16 +318,11 @@ class GPT3Benchmark(Benchmark):
         d, ctx, run = self.cfg.data, self.ctx, self.cfg.run
         if run.resume and run.checkpoint_dir and os.path.exists(os.path.join(run.checkpoint_dir, checkpointing.LATEST)):
             return
-        if not d.init_checkpoint:
-            if self.seq_length == 2048 and ctx.is_main:
-                print("gpt3: WARNING: data.init_checkpoint is empty, so the model starts from random weights: this "
-                      "run measures throughput but is not a valid MLPerf GPT-3 run", flush=True)
+        # Only the real sequence length warns: debug flavours without a checkpoint are not MLPerf runs anyway.
+        path = init_checkpoint_dir(ctx, d.init_checkpoint, benchmark="gpt3", what="the reference checkpoint",
+                                   warn_if_empty=self.seq_length == 2048)
+        if path is None:
             return
-        path = ctx.data_path(d.init_checkpoint)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"data.init_checkpoint: {path} is not a directory (the reference checkpoint: "
-                                    "models/gpt3/prepare/README.md; for the debug flavour, synthesize the data into a "
-                                    "new directory: python -m runtime.synthesize gpt3 --flavour debug --out DIR)")
         r = load_reference_checkpoint(path, self.model, self.optimizer, threads=d.init_checkpoint_threads)
         if ctx.is_main:
             print(f"gpt3: loaded the initial checkpoint {path} (Adam step {r.step}): rank 0 read "

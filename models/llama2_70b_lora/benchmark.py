@@ -42,6 +42,7 @@ from models.llama2_70b_lora.lora import lora_parameters
 from models.llama2_70b_lora.model import build_model, transformer_config
 from runtime import schedule
 from runtime.benchmark import Benchmark, RunContext
+from runtime.init_checkpoint import init_checkpoint_dir
 from runtime.mcore.fp8_linear import reset_fp8_state, update_fp8_scales
 from runtime.mcore.parallelize import build_optimizer, destroy_megatron, init_megatron, wrap_ddp
 from runtime.mcore.pipeline import run_schedule
@@ -313,16 +314,10 @@ class LlamaLoraBenchmark(Benchmark):
     def _load_base(self, model) -> None:
         """Untimed, as the rules allow: the frozen base from the HF checkpoint, this rank's TP shard only."""
         d, ctx = self.cfg.data, self.ctx
-        if not d.init_checkpoint:
-            if ctx.is_main:
-                print("llama2_70b_lora: WARNING: data.init_checkpoint is empty, so the base is random: this run "
-                      "measures throughput but is not a valid MLPerf run", flush=True)
+        path = init_checkpoint_dir(ctx, d.init_checkpoint, benchmark="llama2_70b_lora",
+                                   what="a HF Llama-2-70B checkpoint")
+        if path is None:
             return
-        path = ctx.data_path(d.init_checkpoint)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"data.init_checkpoint: {path} is not a directory (a HF Llama-2-70B checkpoint: "
-                                    "models/llama2_70b_lora/prepare/README.md; for the debug flavour, synthesize the "
-                                    "data: python -m runtime.synthesize llama2_70b_lora --flavour debug --out DIR)")
         layout = ctx.layout
         read = load_hf_checkpoint(path, model, self.cfg.model, tp=layout.tp, tp_rank=layout.coords()["tp"])
         if ctx.is_main:

@@ -450,3 +450,26 @@ def test_restoring_a_state_saved_before_the_first_step_resets_the_moments(name):
         optimizer.step()
     for got, want in zip(params, fresh_params):
         torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("decoupled", [True, False], ids=["adamw", "adam_l2"])
+def test_adam_reference_paths_agree_bit_for_bit(decoupled):
+    """Off CUDA, a step with every gradient present updates the flat buffers in place; one with a missing gradient
+    takes the masked out-of-place path. Both are adam_update's one arithmetic: the same bits on the tensors both
+    update, and the skipped tensor untouched."""
+    results = []
+    for skip in (None, 1):
+        params = _params(torch.float32)
+        optimizer = (FusedAdamW if decoupled else FusedAdam)(_groups(params, {"weight_decay": 0.1},
+                                                                     {"weight_decay": 0.0}), lr=1e-2)
+        before = [p.detach().clone() for p in params]
+        for step in range(2):
+            for i, (p, g) in enumerate(zip(params, _grads(step))):
+                p.grad = None if i == skip else g.to(DEVICE)
+            optimizer.step()
+        if skip is not None:
+            assert torch.equal(params[skip].detach(), before[skip])
+        results.append([p.detach().clone() for p in params])
+    for i, (full, masked) in enumerate(zip(*results)):
+        if i != 1:
+            assert torch.equal(full, masked), f"tensor {i}"

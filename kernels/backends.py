@@ -5,6 +5,8 @@
     apex_usable()          apex imports with its CUDA extensions and CUDA is there
     apex_wanted()          MLPERF_KERNELS=apex (kernels/dispatch.py): apex where it has the op, else ours
     optimizer_class("lamb")   apex.optimizers.FusedLAMB when apex is wanted, else kernels.optimizers.FusedLAMB
+    apex_op("group_norm")     one of APEX_OPS' apex classes/functions, or a RuntimeError saying what is missing;
+                              kernels/group_norm.py and models/ssd/focal_loss.py route through it when wanted
 
 The GPU image keeps the NGC base's TE and apex (containers/Dockerfile); the CPU set has neither, so every
 check here answers False there and the callers take our Triton/torch paths. The answers are cached per
@@ -80,13 +82,30 @@ def te_version() -> str | None:
 
 
 # --- apex -------------------------------------------------------------------------------------------------
-# What NVIDIA's v4.0 submissions take from apex, by our name: module path and attribute.
+# What NVIDIA's v4.0 submissions take from apex, by our name: module path and attribute. The last five are
+# the anchors perf_tests/kernels times our kernels against. API facts, read in NVIDIA/apex's source
+# (the 25.04-25.09 tags and master of 2026-07; unchanged in that span):
+#   contrib GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, act=None), a
+#     module: its CUDA kernel only for NHWC (channels_last) 4-D input, groups in SUPPORTED_GROUPS (16, 32),
+#     channels in SUPPORTED_CHANNELS, (input, weight) dtypes in SUPPORTED_DTYPES, affine; torch otherwise
+#     (kernels/group_norm.py sends those cases to ours instead). act="silu" fuses the SiLU. Its module imports
+#     group_norm_cuda and group_norm_v2_cuda (v2 since apex #1887, 2025-03): an apex built without
+#     --group_norm fails that import, which apex_op reports.
+#   contrib focal_loss.focal_loss(cls_output, cls_targets_at_level, num_positive_sum, num_real_classes, alpha,
+#     gamma, label_smoothing=0.0) (apex #1337, 2022-03): CUDA, contiguous; targets int64 class indices with
+#     -1 background and -2 ignored; num_positive_sum a one-element float32 tensor; the last dimension a
+#     multiple of 16 bytes / element size (fp16: 8 classes, fp32: 4; fp16/fp32/fp64, no bf16) with
+#     num_real_classes >= that multiple; returns sum(loss) / num_positive_sum (models/ssd/focal_loss.py).
 APEX_OPS = {
     "adam": ("apex.optimizers", "FusedAdam"),
     "lamb": ("apex.optimizers", "FusedLAMB"),
     "distributed_adam": ("apex.contrib.optimizers.distributed_fused_adam", "DistributedFusedAdam"),
     "group_norm": ("apex.contrib.group_norm", "GroupNorm"),
-    "focal_loss": ("apex.contrib.focal_loss.focal_loss", "FocalLoss"),
+    "focal_loss": ("apex.contrib.focal_loss.focal_loss", "focal_loss"),
+    "sgd": ("apex.optimizers", "FusedSGD"),
+    "adagrad": ("apex.optimizers", "FusedAdagrad"),
+    "layer_norm": ("apex.normalization", "FusedLayerNorm"),
+    "rms_norm": ("apex.normalization", "FusedRMSNorm"),
 }
 
 
@@ -180,6 +199,15 @@ def _apex_lamb(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
 _APEX_OPTIMIZERS = {"adam": _apex_adam, "adamw": _apex_adamw, "lamb": _apex_lamb}
 
 
+def apex_optimizer(name: str):
+    """apex's optimizer behind kernels.optimizers' constructor signature, whatever MLPERF_KERNELS says (what
+    optimizer_class gives under MLPERF_KERNELS=apex; perf_tests/kernels times it beside ours)."""
+    if name not in _APEX_OPTIMIZERS:
+        raise ValueError(f"apex optimizer {name!r}: expected one of {', '.join(_APEX_OPTIMIZERS)}")
+    apex_op("lamb" if name == "lamb" else "adam")  # raises the clear error now, not at construction
+    return _APEX_OPTIMIZERS[name]
+
+
 def optimizer_class(name: str):
     """A constructor with kernels.optimizers' signature: apex's optimizer when MLPERF_KERNELS=apex (an error
     when apex is not usable: asked for and absent is never a silent fallback), ours otherwise."""
@@ -188,7 +216,4 @@ def optimizer_class(name: str):
     ours = {"adam": optimizers.FusedAdam, "adamw": optimizers.FusedAdamW, "lamb": optimizers.FusedLAMB}
     if name not in ours:
         raise ValueError(f"optimizer {name!r}: expected one of {', '.join(ours)}")
-    if apex_wanted():
-        apex_op("lamb" if name == "lamb" else "adam")  # raises the clear error now, not at construction
-        return _APEX_OPTIMIZERS[name]
-    return ours[name]
+    return apex_optimizer(name) if apex_wanted() else ours[name]

@@ -7,13 +7,23 @@ NVIDIA's SD submission fuses these with apex's group-norm extension; here the fu
 (kernels/group_norm_triton.py: fp32 two-pass statistics, NCHW or channels_last without a copy, the backward
 recomputing the pre-activation) on CUDA, and the torch reference everywhere else (MLPERF_KERNELS,
 kernels/dispatch.py). Weight and bias come together or not at all, as nn.GroupNorm's `affine`.
+
+MLPERF_KERNELS=apex gives apex's own NHWC kernel (apex.contrib.group_norm.GroupNorm, act="silu" for the fused
+SiLU; an error when apex is not usable) for every call its kernel covers: affine, 4-D, groups and channels in
+its supported sets, a supported (input, weight) dtype pair; the input is made channels_last first (a no-op
+for SD on CUDA, which trains channels_last). What apex would hand to torch instead stays on our path. Our
+parameters are used as they are (torch.func.functional_call over one cached apex module per shape), so a
+model switches backends without touching its state dict.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+from kernels import backends
 from kernels.dispatch import use_triton
 
 
@@ -36,8 +46,33 @@ def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None = None,
                          f"{groups} groups")
     if (weight is None) != (bias is None):
         raise ValueError("group_norm: give both weight and bias, or neither")
+    if backends.apex_wanted():
+        apex_group_norm = backends.apex_op("group_norm")  # a clear error when apex is not usable
+        if _apex_has_kernel_for(apex_group_norm, x, groups, weight):
+            return _apex_forward(apex_group_norm, x, groups, weight, bias, eps, silu)
     if not use_triton(x, weight, bias):
         return group_norm_ref(x, groups, weight, bias, eps, silu)
     from kernels.group_norm_triton import GroupNormFunction  # imports triton: only when the kernel runs
 
     return GroupNormFunction.apply(x, groups, weight, bias, eps, silu)
+
+
+def _apex_has_kernel_for(apex_group_norm, x: torch.Tensor, groups: int, weight: torch.Tensor | None) -> bool:
+    """apex's own legality test (GroupNorm._check_legality, which needs an instance), from its class attributes."""
+    return (weight is not None and x.dim() == 4 and groups in apex_group_norm.SUPPORTED_GROUPS
+            and x.shape[1] in apex_group_norm.SUPPORTED_CHANNELS
+            and (x.dtype, weight.dtype) in apex_group_norm.SUPPORTED_DTYPES)
+
+
+@functools.lru_cache(maxsize=None)
+def _apex_module(apex_group_norm, groups: int, channels: int, eps: float, act: str | None, device: torch.device,
+                 dtype: torch.dtype):
+    # Its own weight and bias are never used: functional_call substitutes the caller's.
+    return apex_group_norm(groups, channels, eps=eps, affine=True, device=device, dtype=dtype, act=act)
+
+
+def _apex_forward(apex_group_norm, x, groups, weight, bias, eps, silu):
+    module = _apex_module(apex_group_norm, groups, x.shape[1], float(eps), "silu" if silu else None, x.device,
+                          weight.dtype)
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)  # apex's kernel reads NHWC only
+    return torch.func.functional_call(module, {"weight": weight, "bias": bias}, (x_nhwc,))

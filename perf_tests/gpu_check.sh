@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check of kernels/, in one call of at most ~8 minutes: the kernel tests on CUDA (GPU-only tests
 # included, Triton path forced; one pytest process per test file, TEST_JOBS at a time, so that Triton's
-# compilations overlap), every kernel benchmark, then BERT-large train steps (sequences/s per GPU, ours and
-# HF's); the tables are printed last.
+# compilations overlap; tests/kernels/test_backends.py also runs the real apex group norm and focal loss
+# through our seams when apex is usable), every kernel benchmark with apex's op timed beside ours where apex
+# has it (the NGC image's apex; a row says why not otherwise), then BERT-large train steps (sequences/s per
+# GPU, ours and HF's); the tables are printed last.
 #
 #   usage: perf_tests/gpu_check.sh [--dry-run]
 #     --dry-run   no GPU needed: check the test collection and run the benchmarks' CPU smoke mode
@@ -39,6 +41,12 @@ if [[ "${1:-}" == "--dry-run" ]]; then
         > "$OUT/bench.log" 2>&1
     rc=$?
     cat "$OUT/kernels_smoke.md" 2>/dev/null || tail -n 20 "$OUT/bench.log"
+    # The apex baseline must be in the table, with its reason where apex cannot run (here: no CUDA).
+    if ! grep -q "| apex ms | x apex |" "$OUT/kernels_smoke.md" 2>/dev/null \
+        || ! grep -q "apex not importable" "$OUT/kernels_smoke.md"; then
+        echo "dry run: the table has no apex column or no reason for its missing apex timings"
+        rc=1
+    fi
     exit $rc
 fi
 
@@ -51,6 +59,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 
 import platform, torch, triton
 print(f"python {platform.python_version()} torch {torch.__version__} triton {triton.__version__}")
 print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+from kernels import backends
+print("apex:", backends.apex_status())
 PY
 
 echo "== kernel tests on CUDA (${TEST_JOBS} files at a time, limit ${TEST_TIMEOUT_S} s) =="

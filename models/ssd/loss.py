@@ -8,10 +8,9 @@ Shapes: B images, N anchors, K classes, G ground-truth boxes per image after pad
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from models.ssd import box_coder
-from models.ssd.focal_loss import sigmoid_focal_loss
+from models.ssd.focal_loss import retinanet_focal_loss
 from models.ssd.matching import IGNORE, match
 
 
@@ -25,10 +24,7 @@ def retinanet_loss(cls_BNK: torch.Tensor, box_BN4: torch.Tensor, anchors_N4: tor
     index_BN = matches_BN.clamp(min=0)
 
     labels_BN = torch.gather(gt_labels_BG, 1, index_BN) if gt_labels_BG.shape[1] else torch.zeros_like(index_BN)
-    target_BNK = F.one_hot(labels_BN.clamp(min=0), cls_BNK.shape[-1]).to(torch.float32)
-    target_BNK = target_BNK * foreground_BN[..., None]
-    focal_BNK = sigmoid_focal_loss(cls_BNK.float(), target_BNK)
-    focal_B = torch.where((matches_BN != IGNORE)[..., None], focal_BNK, 0.0).sum((1, 2))
+    focal = retinanet_focal_loss(cls_BNK, labels_BN, foreground_BN, matches_BN == IGNORE, num_foreground_B)
 
     if gt_boxes_BG4.shape[1]:
         matched_BN4 = torch.gather(gt_boxes_BG4, 1, index_BN[..., None].expand(-1, -1, 4))
@@ -39,4 +35,4 @@ def retinanet_loss(cls_BNK: torch.Tensor, box_BN4: torch.Tensor, anchors_N4: tor
     target_BN4 = box_coder.encode(matched_BN4.float(), anchors_N4.float())
     l1_BN4 = (box_BN4.float() - target_BN4).abs()
     box_B = torch.where(foreground_BN[..., None], l1_BN4, 0.0).sum((1, 2))
-    return (focal_B / num_foreground_B).mean(), (box_B / num_foreground_B).mean()
+    return focal, (box_B / num_foreground_B).mean()

@@ -158,7 +158,7 @@ class UNet3DBenchmark(DataParallelBenchmark):
             from pipelines.kits19.dali import build_dali_train_loader  # DALI only where it is asked for
 
             self.train_data = build_dali_train_loader(ctx.data_dir, train_ids, num_threads=max(d.num_workers, 1),
-                                                      **common)
+                                                      device="gpu" if ctx.device.type == "cuda" else "cpu", **common)
         else:
             self.train_data = build_train_loader(ctx.data_dir, train_ids, num_workers=d.num_workers,
                                                  pin_memory=ctx.device.type == "cuda", **common)

@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipelines.imagenet.format import MEAN_RGB, ImageNetFormatError, ImageRecord, RecordIndex, build_index
-from pipelines.sampling import TrainBatches
+from pipelines.sampling import EpochLoader, TrainBatches
 from pipelines.workers import ignore_sigterm
 
 _PREFETCH_BATCHES_PER_WORKER = 4
@@ -164,11 +164,11 @@ class EvalBatches:
             yield [(i, 0) for i in self.records[start:start + self.local_batch_size]]
 
 
-class ImageNetLoader:
+class ImageNetLoader(EpochLoader):
     """Iterate with `for images, labels in loader` after `loader.set_epoch(epoch)`.
 
-    num_samples: records in the split; steps_per_epoch (= len); local_samples: samples this rank
-    yields per epoch; local_batch_size."""
+    num_samples: records in the split; local_samples: samples this rank yields per epoch; local_batch_size;
+    steps_per_epoch (= len) and set_epoch: pipelines.sampling.EpochLoader."""
 
     def __init__(self, index: RecordIndex, batches: TrainBatches | EvalBatches, transform, *,
                  num_workers: int, device: torch.device | str | None = None):
@@ -183,25 +183,12 @@ class ImageNetLoader:
             pin_memory=self._device is not None and self._device.type == "cuda")
 
     @property
-    def steps_per_epoch(self) -> int:
-        return len(self._batches)
-
-    @property
     def local_samples(self) -> int:
         return self._batches.local_samples
 
     @property
     def local_batch_size(self) -> int:
         return self._batches.local_batch_size
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """The next iteration yields this epoch's batches from `start_step` on (> 0 when resuming)."""
-        if not 0 <= start_step <= len(self._batches):
-            raise ValueError(f"start_step {start_step} outside the epoch's {len(self._batches)} steps")
-        self._batches.epoch, self._batches.start_step = epoch, start_step
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images_u8, labels in self._loader:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipelines.kits19.augment import augment, foreground_boxes
 from pipelines.kits19.format import KiTS19FormatError, check_label_values, read_case
-from pipelines.sampling import TrainBatches
+from pipelines.sampling import EpochLoader, TrainBatches
 from pipelines.workers import ignore_sigterm
 
 _PREFETCH_BATCHES_PER_WORKER = 2
@@ -69,9 +69,9 @@ def _collate(samples) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(np.stack([label for _, label in samples])))
 
 
-class TrainLoader:
+class TrainLoader(EpochLoader):
     """`for image, label in loader` after `loader.set_epoch(epoch)`. num_samples: training cases;
-    steps_per_epoch (= len); samples_per_epoch: steps_per_epoch x global batch (the reference's)."""
+    steps_per_epoch (= len), samples_per_epoch and set_epoch: pipelines.sampling.EpochLoader."""
 
     def __init__(self, dataset: TrainCases, batches: TrainBatches, *, num_workers: int, pin_memory: bool):
         self.dataset, self._batches = dataset, batches
@@ -80,23 +80,6 @@ class TrainLoader:
                                   persistent_workers=num_workers > 0, pin_memory=pin_memory,
                                   worker_init_fn=ignore_sigterm,
                                   prefetch_factor=_PREFETCH_BATCHES_PER_WORKER if num_workers > 0 else None)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self._batches)
-
-    @property
-    def samples_per_epoch(self) -> int:
-        return len(self._batches) * self._batches.global_batch_size
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """The next iteration yields this epoch's batches from `start_step` on (> 0 when resuming)."""
-        if not 0 <= start_step <= len(self._batches):
-            raise ValueError(f"start_step {start_step} outside the epoch's {len(self._batches)} steps")
-        self._batches.epoch, self._batches.start_step = epoch, start_step
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self._loader)

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from pipelines.openimages.format import OpenImagesFormatError, Split, labels_path, read_split
-from pipelines.openimages.loader import MEAN, PAD_BOX, STD, Batch, TrainBatches, decode, train_flip
+from pipelines.openimages.loader import MEAN, PAD_BOX, STD, Batch, decode, train_batches, train_flip
+from pipelines.sampling import EpochLoader
 
 # nvJPEG's hardware decoder takes nearly all baseline JPEGs on A100/H100 (NVIDIA's --dali-hw-decoder-load)
 _MIXED_DECODER_ARGS = dict(hw_decoder_load=0.99)
@@ -198,34 +199,25 @@ class _Loader:
             self._tmp = None
 
 
-class DaliTrainLoader(_Loader):
-    """loader.TrainLoader's interface (split, num_samples, set_epoch(epoch, start_step), iteration)."""
+class DaliTrainLoader(_Loader, EpochLoader):
+    """loader.TrainLoader's interface (split, num_samples, iteration, and pipelines.sampling.EpochLoader's
+    steps_per_epoch (= len), set_epoch(epoch, start_step))."""
 
     def __init__(self, root: str, *, global_batch_size: int, rank: int, world_size: int, image_size: int,
                  seed: int, num_threads: int, device: str, log=print):
         super().__init__(root, "train", log)
-        self.sampler = TrainBatches(self.num_samples, global_batch_size, rank, world_size, seed)
-        if len(self.sampler) < 1:
-            raise OpenImagesFormatError(f"{root}/train: {self.num_samples} images, fewer than one global batch "
-                                        f"of {global_batch_size}")
+        self._batches = train_batches(self.split, global_batch_size, rank, world_size, seed)
         self.image_size, self.num_threads, self.device, self.seed = image_size, num_threads, device, seed
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.sampler.epoch, self.sampler.start_step = epoch, start_step
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
     def __iter__(self) -> Iterator[Batch]:
-        epoch, steps = self.sampler.epoch, len(self.sampler)
+        epoch, steps = self._batches.epoch, len(self._batches) - self._batches.start_step
         if steps <= 0:
             return
-        indices = [i for batch in self.sampler for i, _ in batch]  # this rank's images from start_step on
+        indices = [i for batch in self._batches for i, _ in batch]  # this rank's images from start_step on
         if self._pipe is not None:
             self._pipe.close()
-        self._pipe = _Pipeline(self.split, self._annotations, indices,
-                               batch_size=self.sampler.gbs // self.sampler.world, image_size=self.image_size,
-                               num_threads=self.num_threads, device=self.device,
+        self._pipe = _Pipeline(self.split, self._annotations, indices, batch_size=self._batches.local_batch_size,
+                               image_size=self.image_size, num_threads=self.num_threads, device=self.device,
                                flips=[train_flip(self.seed, epoch, i) for i in indices])
         yield from self._pipe.batches(steps)
 

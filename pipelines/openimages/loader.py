@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from pipelines.openimages.format import OpenImagesFormatError, Split, read_split
+from pipelines.sampling import EpochLoader
+from pipelines.sampling import TrainBatches as SharedTrainBatches
 from pipelines.workers import ignore_sigterm
 
 MEAN = (0.485, 0.456, 0.406)
@@ -105,42 +107,34 @@ def collate(samples) -> Batch:
                  torch.tensor([s[4] for s in samples], dtype=torch.int64))
 
 
-class TrainBatches:
-    """Rank `rank`'s image indices of each global batch of an epoch, as lists of (index, epoch)."""
+class TrainBatches(SharedTrainBatches):
+    """Rank `rank`'s image indices of each global batch of an epoch, as lists of (index, epoch): the shared
+    sampler with this pipeline's own (torch) permutation, which the recorded golden losses were drawn with."""
 
-    def __init__(self, n: int, global_batch_size: int, rank: int, world_size: int, seed: int):
-        if global_batch_size % world_size:
-            raise ValueError(f"global batch {global_batch_size} is not divisible by {world_size} ranks")
-        self.n, self.gbs, self.rank, self.world, self.seed = n, global_batch_size, rank, world_size, seed
-        self.epoch, self.start_step = 0, 0
-
-    def __len__(self) -> int:
-        return self.n // self.gbs - self.start_step
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        local = self.gbs // self.world
-        for k in range(self.start_step, self.n // self.gbs):
-            first = k * self.gbs + self.rank * local
-            yield [(i, self.epoch) for i in order[first:first + local]]
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_records, generator=g).tolist()
 
 
-class TrainLoader:
+class TrainLoader(EpochLoader):
     def __init__(self, root: str, *, global_batch_size: int, rank: int, world_size: int, image_size: int,
                  seed: int, num_workers: int, log=print):
         self.split = read_split(root, "train", log=log)
         self.num_samples = len(self.split)
-        self.sampler = TrainBatches(self.num_samples, global_batch_size, rank, world_size, seed)
-        self.loader = DataLoader(_ImageDataset(self.split, image_size, True, seed), batch_sampler=self.sampler,
+        self._batches = train_batches(self.split, global_batch_size, rank, world_size, seed)
+        self.loader = DataLoader(_ImageDataset(self.split, image_size, True, seed), batch_sampler=self._batches,
                                  num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0,
                                  worker_init_fn=ignore_sigterm)
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.sampler.epoch, self.sampler.start_step = epoch, start_step
-
     def __iter__(self):
         return iter(self.loader)
+
+
+def train_batches(split: Split, global_batch_size: int, rank: int, world_size: int, seed: int) -> TrainBatches:
+    if len(split) < global_batch_size:
+        raise OpenImagesFormatError(f"{split.root}/{split.split}: {len(split)} images, fewer than one global batch "
+                                    f"of {global_batch_size}")
+    return TrainBatches(len(split), global_batch_size, rank, world_size, seed)
 
 
 class EvalLoader:

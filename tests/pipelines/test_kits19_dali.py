@@ -101,3 +101,86 @@ def test_dali_ranks_read_the_torch_loaders_cases(tmp_path):
                 (images, _), = list(loader)
                 cases.append([_case_of(float(np.median(image))) for image in images.numpy()])
             assert cases[0] == cases[1] and len(cases[0]) == 2
+
+
+def _operators(device: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(operator type, instance name, device) of every operator of the train graph built for `device`, and the
+    devices of its two outputs (image, label). The graph
+    is defined and resolved on DALI's Python side only (Pipeline._build_graph, DALI-private): no backend is made,
+    so a GPU graph can be inspected on a machine without one."""
+    from nvidia.dali import Pipeline
+
+    from pipelines.kits19.dali import _graph
+
+    pipe = Pipeline(batch_size=2, num_threads=1, device_id=0)
+    with pipe:
+        outputs = _graph(PATCH, 0.4, device)
+        pipe.set_outputs(*outputs)
+    pipe._build_graph()
+    return [(type(op._op).__name__, op.name, op._op.device) for op in pipe._ops], [out.device for out in outputs]
+
+
+def test_gpu_graph_searches_boxes_on_the_cpu_and_crops_flips_and_perturbs_on_the_gpu():
+    """NVIDIA's placement: the foreground-box search and the crop's anchor on the CPU over a host copy of the
+    label; image and label come from GPU memory and are sliced, flipped, brightened and noised there. The random
+    draws are the CPU graph's, operator for operator, so both devices draw in the same order."""
+    (gpu, gpu_outputs), (cpu, cpu_outputs) = _operators("gpu"), _operators("cpu")
+    assert gpu_outputs == ["gpu", "gpu"] and cpu_outputs == ["cpu", "cpu"]
+    by_type: dict[str, set[str]] = {}
+    for kind, _, device in gpu:
+        by_type.setdefault(kind, set()).add(device)
+    sources = {name: device for kind, name, device in gpu if kind == "ExternalSource"}
+    assert sources == {"image": "gpu", "label": "gpu", "host_label": "cpu"}
+    for kind in ("Squeeze", "RandomObjectBBox", "ROIRandomCrop", "CoinFlip", "Uniform"):
+        assert by_type[kind] == {"cpu"}, kind
+    for kind in ("Slice", "Flip", "Normal"):
+        assert by_type[kind] == {"gpu"}, kind
+    assert sum(kind in ("Slice", "Flip") for kind, _, _ in gpu) == 4  # image and label each
+    # The brightness product, the noise product and sum: GPU arithmetic (the scalars drawn on the CPU).
+    arithmetic_on_gpu = [name for kind, name, device in gpu if kind == "_ArithmeticGenericOp" and device == "gpu"]
+    assert len(arithmetic_on_gpu) == 3
+    # The CPU graph: every operator on the CPU, no host copy of the label (the label source is it).
+    assert {device for _, _, device in cpu} == {"cpu"}
+    assert "host_label" not in {name for _, name, _ in cpu}
+    random_kinds = ("CoinFlip", "Uniform", "Normal", "RandomObjectBBox", "ROIRandomCrop")
+    assert ([name for kind, name, _ in gpu if kind in random_kinds]
+            == [name for kind, name, _ in cpu if kind in random_kinds])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_loader_gives_device_batches_with_the_cpu_loaders_statistics(cases, monkeypatch):
+    """On a GPU: batches come out on the device, each case is read from disk once, and the augmentation's rates
+    are the CPU pipeline's."""
+    import pipelines.kits19.dali as dali
+
+    reads = []
+    real_read_case = dali.read_case
+    monkeypatch.setattr(dali, "read_case", lambda *a, **k: reads.append(a[1]) or real_read_case(*a, **k))
+    common = dict(global_batch_size=4, rank=0, world_size=1, patch=PATCH, oversampling=0.4, seed=3)
+    on_gpu = build_dali_train_loader(str(cases), [0, 1, 2, 3], num_threads=1, device="gpu", **common)
+    on_gpu.set_epoch(0)
+    images, labels = next(iter(on_gpu))
+    assert images.is_cuda and labels.is_cuda and images.dtype == torch.float32 and labels.dtype == torch.uint8
+    gpu_stats = _statistics(_OnHost(on_gpu))
+    assert sorted(reads) == [0, 1, 2, 3]  # cached on the device after the first read
+    cpu_stats = _statistics(build_dali_train_loader(str(cases), [0, 1, 2, 3], num_threads=1, **common))
+    for key in ("noisy", "foreground"):
+        assert _same_rate(cpu_stats[key], gpu_stats[key]), key
+    for axis in range(3):
+        assert _same_rate(cpu_stats["flips"][:, axis], gpu_stats["flips"][:, axis])
+    assert _same_rate(cpu_stats["gains"] > 1.35, gpu_stats["gains"] > 1.35)
+
+
+class _OnHost:
+    """A loader whose batches are copied to the host, for _statistics."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images.cpu(), labels.cpu()

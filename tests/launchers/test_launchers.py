@@ -1146,6 +1146,39 @@ def test_sbatch_gpt3_sub_cpu_config(local_slurm, gpt3_debug_data, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.slurm
+def test_sbatch_unet3d_sub_cpu_config(local_slurm, debug_data, tmp_path):
+    """`sbatch launchers/unet3d.sub` with its CPU config: the synthetic KiTS19 (NIfTI through the real chain), two
+    tasks of one sample each, to the target; the log (open division, as the debug flavour claims) passes the
+    checker, in run.sub's check and in ours."""
+    data, logdir = debug_data("unet3d"), tmp_path / "results"
+    config = LAUNCHERS / "unet3d" / "config_CPU_01x02x1.sh"
+    env = clean_env(DATADIR=data, LOGDIR=logdir, NEXP=1, SEED_BASE=31, DATESTAMP="unet3drun", MASTER_PORT=free_port(),
+                    DROPCACHE_METHOD="fadvise", WALLTIME_RUNANDTIME=15)
+    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable -o {shlex.quote(str(tmp_path))}/slurm-%j.out "
+              f"-N $DGXNNODES -t $WALLTIME launchers/unet3d.sub")
+    r = run(["bash", "-c", submit], env)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().split(";")[0]
+    wait_for_job(job_id, timeout_s=(15 + 5 + 2) * 60)
+    job_output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert job_field(job_id, "JobState") == "COMPLETED", job_output[-4000:]
+    assert "run.sub: 1 run(s), 0 failed, 0 failed the compliance check" in job_output, job_output[-4000:]
+    log = logdir / "unet3drun_1.log"
+    assert_compliant(log)
+    assert "SUCCESS" in (logdir / "unet3drun_1_compliance.txt").read_text()
+    text = log.read_text()
+    assert re.search(r"^(\S+: )?RESULT,unet3d,31,[\d.]+,success,", text, re.M), text[-3000:]
+    events = mllog_events(log)
+    assert [e["value"] for e in events if e["key"] == "seed"] == [31]
+    assert [e["value"] for e in events if e["key"] == "submission_division"] == ["open"]
+    dice = [e["value"] for e in events if e["key"] == "eval_accuracy"]
+    assert dice and dice[-1] >= 0.908 and all(d < 0.908 for d in dice[:-1]), dice
+    run_config = json.loads((logdir / "unet3drun_1" / "run_config.json").read_text())
+    assert run_config["launcher"] == "slurm" and run_config["layout"].startswith("world=2 ")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_sbatch_requeued_job_resumes_the_interrupted_run(local_slurm, resnet_debug_data, tmp_path):
     """sbatch --requeue, then `scontrol requeue` once the run has trained and evaluated. Slurm sends SIGTERM to every
     process of the job at once (batch script, srun, ranks, and the ranks' DataLoader workers; SIGKILL KillWait

@@ -16,6 +16,15 @@ Each measurement: `--warmup` untimed runs per side, then `--iters` timed ones al
 sides (so load from other processes on a shared machine hits both alike); median seconds and ours / MONAI
 (< 1: ours is faster). Defaults are sized for a 2-core CPU (the real filters on 64^3 crops).
 
+Samples/s per GPU: on CUDA at the real per-GPU shape (NVIDIA's 8-GPU point: batch 7 of 128^3 crops, here bf16
+NDHWC) the train table is followed by NVIDIA's v4.0 throughput as the named baseline (spec unet3d.md, Figures:
+72.3 samples/s per H100, 76.4 per H200; MXNet, fp16, CUDA graphs, DALI on the GPU) and ours / NVIDIA for the GPU
+the run is on. Our step here has no data pipeline, CUDA graph or compile, so it is an upper bound of the model
+step's share, not a time-to-train:
+
+    python perf_tests/unet3d_step.py --device cuda --batch 7 --crop 128 --roi 128 --modes bf16 \
+        --volume 256,320,320 --window-batch 4 --warmup 3 --iters 10
+
     python perf_tests/unet3d_step.py [--filters 32,64,128,256,320 --crop 64 --batch 1 --volume 80,96,96]
 """
 
@@ -41,6 +50,17 @@ from models.unet3d.model import UNet3DModelConfig, build_unet3d  # noqa: E402
 from models.unet3d.schedule import build_sgd  # noqa: E402
 
 MODES = ("fp32", "channels_last", "bf16")
+# NVIDIA v4.0 train throughput per GPU at batch 7 x 128^3 (spec unet3d.md, Figures; 577 samples/s per 8-GPU node).
+NVIDIA_SAMPLES_PER_S = {"H100": 72.3, "H200": 76.4}
+NVIDIA_SHAPE = (7, 128)  # (per-GPU batch, crop side) those figures are for
+
+
+def nvidia_baseline(device: torch.device, batch: int, crop: int) -> tuple[str, float] | None:
+    """(GPU name, NVIDIA's samples/s on it) when this run is comparable: CUDA, an H100 or H200, NVIDIA's shape."""
+    if device.type != "cuda" or (batch, crop) != NVIDIA_SHAPE:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next(((gpu, rate) for gpu, rate in NVIDIA_SAMPLES_PER_S.items() if gpu in name), None)
 
 
 def dynunet(filters: tuple[int, ...]) -> torch.nn.Module:
@@ -96,20 +116,42 @@ def main() -> None:
     filters = tuple(int(f) for f in args.filters.split(","))
 
     print(f"# unet3d_step  {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"torch {torch.__version__}, {cpu_name()}, {torch.get_num_threads()} threads, device {device}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # both sides alike: cuDNN picks its 3D conv algorithms per shape
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, device {device}")
+    else:
+        print(f"torch {torch.__version__}, {cpu_name()}, {torch.get_num_threads()} threads, device {device}")
     print(f"filters {filters}, train batch {args.batch} x 1 x {args.crop}^3, eval volume {args.volume} with ROI "
           f"{args.roi}^3 ({args.window_batch} windows per forward), warmup {args.warmup}, timed {args.iters} (median)")
     print(f"load average at start: {os.getloadavg()[0]:.2f}\n")
     print("| train step | ours s | ours samples/s | DynUNet s | DynUNet samples/s | ours / MONAI "
           "| first step ours / MONAI s |")
     print("|---|---|---|---|---|---|---|")
+    throughput = {}
     for mode in args.modes.split(","):
         torch.manual_seed(0)
         runs = {"ours": make_step(build_unet3d(UNet3DModelConfig(filters=filters)), mode, args, device),
                 "monai": make_step(dynunet(filters), mode, args, device)}
         ours, theirs, ours_first, theirs_first = compare(runs, args, device)
+        throughput[mode] = (args.batch / ours, args.batch / theirs)
         print(f"| {mode} | {ours:.2f} | {args.batch / ours:.2f} | {theirs:.2f} | {args.batch / theirs:.2f} | "
               f"{ours / theirs:.3f} | {ours_first:.1f} / {theirs_first:.1f} |", flush=True)
+        del runs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the next mode's two models start from free memory
+
+    baseline = nvidia_baseline(device, args.batch, args.crop)
+    per_gpu = ", ".join(f"{gpu} {rate}" for gpu, rate in NVIDIA_SAMPLES_PER_S.items())
+    print(f"\nbaseline NVIDIA v4.0 (spec unet3d.md): samples/s per GPU at batch {NVIDIA_SHAPE[0]} x "
+          f"{NVIDIA_SHAPE[1]}^3: {per_gpu}")
+    if baseline is None:
+        print("(not comparable here: needs CUDA on an H100 or H200 at --batch 7 --crop 128)")
+    else:
+        gpu, rate = baseline
+        print(f"\n| samples/s per GPU ({gpu}) | ours | DynUNet | NVIDIA v4.0 | ours / NVIDIA |")
+        print("|---|---|---|---|---|")
+        for mode, (ours_rate, monai_rate) in throughput.items():
+            print(f"| {mode} | {ours_rate:.1f} | {monai_rate:.1f} | {rate} | {ours_rate / rate:.3f} |")
 
     from monai.inferers import sliding_window_inference as monai_sliding_window
 

@@ -1,6 +1,6 @@
-"""R-GAT training-step time on CPU: ours (models/gnn RGNN + our FusedAdam) against the same model written in
-plain PyG (HeteroConv of GATConv over every edge type + torch.optim.Adam), both on the same subgraphs from
-our sampler, the PyG side receiving each as a `HeteroData`.
+"""R-GAT training-step time (CPU, or `--device cuda`): ours (models/gnn RGNN + our FusedAdam) against the same
+model written in plain PyG (HeteroConv of GATConv over every edge type + torch.optim.Adam), both on the same
+subgraphs from our sampler, the PyG side receiving each as a `HeteroData`.
 
 Ours skips the convolutions whose output reaches no paper logit (last layer: all but the five into `paper`;
 the layer below: those into institutes) and updates only the trainable parameters with the flat FusedAdam;
@@ -13,7 +13,7 @@ and gathered once beforehand (perf_tests/gnn_sampler.py times that part); `--war
 then `--iters` timed steps alternating between the two sides (load from other processes hits both alike);
 median ms per step and ours / PyG (< 1: ours is faster).
 
-    python perf_tests/gnn_step.py [--sizes debug,medium] [--iters 10] [--threads 1]
+    python perf_tests/gnn_step.py [--sizes debug,medium] [--iters 10] [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def hetero_data(batch):
     return data
 
 
-def measure(name: str, args) -> None:
+def measure(name: str, args, device: torch.device) -> None:
     papers, authors, dim, hidden, heads, classes, batch_size = SIZES[name]
     sizes = IGBHSizes(num_papers=papers, num_authors=authors, labelled_papers=papers, feature_dim=dim,
                       num_classes=classes)
@@ -98,19 +98,19 @@ def measure(name: str, args) -> None:
         write_synthetic_igbh(tmp, sizes, institutes=20, fos=max(60, papers // 50), journals=max(30, papers // 100),
                              conferences=max(20, papers // 200), val_fraction=0.01, seed=0)
         data = IGBH(tmp, sizes)
-        sampler = NeighborSampler(data.graph, FANOUTS)
+        sampler = NeighborSampler(data.graph, FANOUTS, device)  # on the GPU, as the benchmark samples there
         batches = []
         for i in range(args.batches):
             seeds = data.train_idx[i * batch_size:(i + 1) * batch_size]
             batches.append(build_batch(data, sampler, seeds, seeds.numel(), step_generator(sampler.device, 0, i, 0),
-                                       torch.device("cpu")))
+                                       device))
     nodes = statistics.mean(sum(x.shape[0] for x in b.x.values()) for b in batches)
     edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in batches)
     pyg_batches = [hetero_data(b) for b in batches]
 
     torch.manual_seed(0)
-    ours = build_rgnn(cfg)
-    plain = PlainRGAT(cfg)
+    ours = build_rgnn(cfg).to(device)
+    plain = PlainRGAT(cfg).to(device)
     plain.load_state_dict(ours.state_dict())  # the same parameter names, one for one
     ours.eval(), plain.eval()
     with torch.no_grad():
@@ -137,7 +137,7 @@ def measure(name: str, args) -> None:
         plain_opt.zero_grad(set_to_none=True)
 
     runs = {"ours": ours_step, "pyg": pyg_step}
-    times = alternate(runs, args.warmup, args.iters)
+    times = alternate(runs, args.warmup, args.iters, device)
     ours_ms, pyg_ms = (1e3 * times.median(k) for k in runs)
     params = sum(p.numel() for p in ours.parameters())
     trainable = sum(p.numel() for p in ours.parameters() if p.requires_grad)
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="distinct sampled batches, cycled through")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the debug flavour: 1)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)  # PyG's import
@@ -159,7 +160,7 @@ def main() -> None:
     import torch_geometric
 
     print(f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, {cpu_name()}, "
-          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, device cpu")
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, device {args.device}")
     print(f"fan-out {list(FANOUTS)}, {args.batches} sampled batches cycled, warmup {args.warmup}, "
           f"timed {args.iters} alternating (median)")
     print(f"load average at start: {os.getloadavg()[0]:.2f}\n")
@@ -167,7 +168,7 @@ def main() -> None:
           "| ours ms/step | PyG ms/step | ours / PyG |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.sizes.split(","):
-        measure(name, args)
+        measure(name, args, torch.device(args.device))
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 

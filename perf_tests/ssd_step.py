@@ -14,7 +14,7 @@ Each: `--warmup` untimed steps per side, then `--iters` timed ones alternating b
 other processes hits both alike); median seconds and ours / torchvision (< 1: ours is faster). The full
 model (264 classes) at `--size` (800 for the benchmark; 320 default, sized for a 2-core CPU).
 
-    python perf_tests/ssd_step.py [--size 800 --batch 2 --iters 5]
+    python perf_tests/ssd_step.py [--size 800 --batch 2 --iters 5] [--device cuda]
 """
 
 from __future__ import annotations
@@ -69,15 +69,16 @@ def _targets(batch: int, size: int, g: torch.Generator, num_classes: int):
     return boxes, labels
 
 
-def _autocast(mode: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
+def _autocast(mode: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
 
 
 def our_step(cfg: SSDModelConfig, mode: str, images, boxes, labels, optimizer_name: str = "fused"):
-    model = build_retinanet(cfg).train()
+    model = build_retinanet(cfg).to(images.device).train()
     fmt = torch.contiguous_format if mode == "fp32" else torch.channels_last
     model = model.to(memory_format=fmt)
-    normalised = ((images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    normalised = (images - mean) / std
     normalised = normalised.contiguous(memory_format=fmt)
     gt_boxes, gt_labels = torch.stack(boxes), torch.stack(labels)  # same count per image: no padding needed
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -85,7 +86,7 @@ def our_step(cfg: SSDModelConfig, mode: str, images, boxes, labels, optimizer_na
     anchors = {}
 
     def step() -> None:
-        with _autocast(mode):
+        with _autocast(mode, images.device):
             cls, box, sizes = model(normalised)
         key = tuple(sizes)
         if key not in anchors:
@@ -99,7 +100,7 @@ def our_step(cfg: SSDModelConfig, mode: str, images, boxes, labels, optimizer_na
 
 
 def torchvision_step(cfg: SSDModelConfig, mode: str, images, boxes, labels):
-    model = torchvision_retinanet(cfg).train()
+    model = torchvision_retinanet(cfg).to(images.device).train()
     fmt = torch.contiguous_format if mode == "fp32" else torch.channels_last
     model = model.to(memory_format=fmt)
     inputs = list(images)  # torchvision batches them itself (its ImageList); the first conv takes the model's format
@@ -107,7 +108,7 @@ def torchvision_step(cfg: SSDModelConfig, mode: str, images, boxes, labels):
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> None:
-        with _autocast(mode):
+        with _autocast(mode, images.device):
             losses = model(inputs, targets)
         sum(losses.values()).backward()
         optimizer.step()
@@ -124,17 +125,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--our-optimizer", default="fused", choices=("fused", "torch"),
                         help="torch: torch.optim.Adam on our side too, to time model + loss alone (off CUDA, "
                              "FusedAdam runs its torch reference over flat buffers)")
     args = parser.parse_args()
     cfg = SSDModelConfig(num_classes=args.classes, image_size=args.size)
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(args.batch, 3, args.size, args.size, generator=g)
+    device = torch.device(args.device)
+    images = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
     boxes, labels = _targets(args.batch, args.size, g, args.classes)
+    boxes, labels = [b.to(device) for b in boxes], [c.to(device) for c in labels]
 
     print(f"# ssd_step  {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"torch {torch.__version__}, {cpu_name()}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {cpu_name()}, {torch.get_num_threads()} threads, device {device}")
     print(f"RetinaNet ResNeXt50-32x4d FPN, {args.classes} classes, batch {args.batch} x 3 x {args.size}^2, "
           f"warmup {args.warmup}, timed {args.iters} (median); our optimizer: {args.our_optimizer}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}\n")
@@ -145,7 +149,7 @@ def main() -> None:
         torch.manual_seed(0)
         runs = {"ours": our_step(cfg, mode, images, boxes, labels, args.our_optimizer),
                 "torchvision": torchvision_step(cfg, mode, images, boxes, labels)}
-        times = alternate(runs, args.warmup, args.iters)
+        times = alternate(runs, args.warmup, args.iters, device)
         ours, theirs = (times.median(name) for name in runs)
         print(f"| {mode} | {ours:.2f} | {args.batch / ours:.2f} | {theirs:.2f} | {args.batch / theirs:.2f} | "
               f"{ours / theirs:.3f} | {times.first('ours'):.1f} / {times.first('torchvision'):.1f} |", flush=True)

@@ -26,6 +26,7 @@ from typing import Iterator
 
 import torch
 
+from pipelines.dali_torch import to_torch
 from pipelines.imagenet.format import (
     IMAGE_KEY,
     LABEL_KEY,
@@ -140,17 +141,6 @@ def _labels(labels_tl, source_info_tl) -> torch.Tensor:
     return torch.tensor(labels, dtype=torch.int64)
 
 
-def _images(images_tl) -> torch.Tensor:
-    import numpy as np
-    from nvidia.dali.backend import TensorListGPU
-    if not isinstance(images_tl, TensorListGPU):
-        return torch.from_numpy(np.array(images_tl.as_tensor()))  # a copy: DALI reuses its buffers
-    from nvidia.dali.plugin.pytorch import feed_ndarray
-    dense = images_tl.as_tensor()
-    images = torch.empty(dense.shape(), dtype=torch.float32, device=torch.device("cuda"))
-    feed_ndarray(dense, images, cuda_stream=torch.cuda.current_stream())
-    return images
-
 
 def _shard_records(num_records: int, rank: int, world_size: int) -> range:
     """The records DALI's reader gives shard `rank`: a contiguous range."""
@@ -197,7 +187,7 @@ class DaliLoader:
             if step < skip:
                 remaining -= self.local_batch_size
                 continue
-            images, labels = _images(images_tl), _labels(labels_tl, source_info_tl)
+            images, labels = to_torch(images_tl), _labels(labels_tl, source_info_tl)
             keep = min(remaining, self.local_batch_size)  # eval: drop the reader's padding
             remaining -= keep
             yield images[:keep], labels[:keep].to(images.device, non_blocking=True)

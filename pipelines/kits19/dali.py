@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from pipelines.dali_torch import to_torch
 from pipelines.kits19.augment import (
     BRIGHTNESS_FACTOR,
     BRIGHTNESS_PROBABILITY,
@@ -75,19 +76,6 @@ def _graph(patch: tuple[int, ...], oversampling: float, device: str = "cpu"):
     image = image + (add_noise.gpu() if on_gpu else add_noise) * noise
     return fn.cast(image, dtype=types.FLOAT), label
 
-
-def _to_torch(tensor_list, dtype: torch.dtype) -> torch.Tensor:
-    """A DALI output batch as a torch tensor of its own (DALI reuses its buffers), on the device it was made on."""
-    from nvidia.dali.backend import TensorListGPU
-
-    if not isinstance(tensor_list, TensorListGPU):
-        return torch.from_numpy(np.array(tensor_list.as_tensor()))
-    from nvidia.dali.plugin.pytorch import feed_ndarray
-
-    dense = tensor_list.as_tensor()
-    out = torch.empty(dense.shape(), dtype=dtype, device=torch.device("cuda", torch.cuda.current_device()))
-    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
-    return out
 
 
 class DaliTrainLoader(EpochLoader):
@@ -143,7 +131,7 @@ class DaliTrainLoader(EpochLoader):
         for step in range(self._batches.start_step, len(self._batches)):
             self._feed(self._batches.indices(epoch, step))
             images, labels = self._pipe.run()
-            yield _to_torch(images, torch.float32), _to_torch(labels, torch.uint8)
+            yield to_torch(images, torch.float32), to_torch(labels, torch.uint8)
 
 
 def build_dali_train_loader(data_dir: str, case_ids: list[int], *, global_batch_size: int, rank: int,

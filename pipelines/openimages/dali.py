@@ -34,6 +34,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from pipelines.dali_torch import to_torch
 from pipelines.openimages.format import OpenImagesFormatError, Split, labels_path, read_split
 from pipelines.openimages.loader import MEAN, PAD_BOX, STD, Batch, decode, train_batches, train_flip
 from pipelines.sampling import EpochLoader
@@ -97,18 +98,6 @@ def _graph(split: Split, annotations: str, files: list[str], *, image_size: int,
     return images, boxes, categories, image_ids, decoded_hw
 
 
-def _to_torch(images_tl) -> torch.Tensor:
-    from nvidia.dali.backend import TensorListGPU
-
-    if not isinstance(images_tl, TensorListGPU):
-        return torch.from_numpy(np.array(images_tl.as_tensor()))  # a copy: DALI reuses its buffers
-    from nvidia.dali.plugin.pytorch import feed_ndarray
-
-    dense = images_tl.as_tensor()
-    images = torch.empty(dense.shape(), dtype=torch.float32, device=torch.device("cuda"))
-    feed_ndarray(dense, images, cuda_stream=torch.cuda.current_stream())
-    return images
-
 
 class _Pipeline:
     """One DALI pipeline over a fixed list of the split's images (indices into it), in that order."""
@@ -142,7 +131,7 @@ class _Pipeline:
             except RuntimeError as error:
                 self._name_bad_file(step, error)
                 raise
-            yield self._batch(rows, _to_torch(images)[: len(rows)], boxes, categories, image_ids, decoded_hw)
+            yield self._batch(rows, to_torch(images)[: len(rows)], boxes, categories, image_ids, decoded_hw)
 
     def _name_bad_file(self, step: int, error: RuntimeError) -> None:
         # DALI runs ahead by its prefetch depth: the failing sample is in this step's batch or the next ones

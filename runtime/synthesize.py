@@ -48,7 +48,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    wrote = synthesize(args.benchmark, args.flavour, args.out, args.overrides)
+    try:
+        wrote = synthesize(args.benchmark, args.flavour, args.out, args.overrides)
+    except ValueError as e:  # an unknown benchmark, flavour or override: one line, as runtime.train says it
+        if os.environ.get("MLPERF_TRACEBACK") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     print(f"{'wrote' if wrote else 'kept existing'} synthetic {args.benchmark} data in {args.out}")
     return 0
 

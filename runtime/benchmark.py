@@ -16,7 +16,7 @@ import abc
 import importlib
 import os
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
@@ -114,6 +114,20 @@ def discover() -> dict[str, BenchmarkSpec]:
 
 
 @dataclass
+class OfflineVerdict:
+    """What a benchmark that evaluates its checkpoints after training found (`Benchmark.evaluate_offline`):
+    the run_stop it decides. Stable Diffusion's rules allow evaluating saved checkpoints after training (NVIDIA's
+    v4.0 submission does): `run_stop` then carries the time at which the first passing checkpoint was taken."""
+
+    status: str  # "success" or "aborted"
+    reason: str
+    evals: list  # (samples trained, metric value) of the checkpoints it reported, oldest first
+    position: dict = field(default_factory=dict)  # run_stop's position metadata: the first passing checkpoint's
+    time_ms: int | None = None  # when the first passing checkpoint was taken (success only)
+    timed_seconds: float | None = None  # run_start to that checkpoint, over all attempts of a resumed run
+
+
+@dataclass
 class RunContext:
     spec: BenchmarkSpec
     launch: LaunchEnv
@@ -175,6 +189,21 @@ class Benchmark(abc.ABC):
     def progress_fields(self) -> dict:
         """Extra fields for the progress line (e.g. the learning rate)."""
         return {}
+
+    # Evaluation after training. A benchmark that says so is not evaluated after each block: the loop hands each
+    # block's end to keep_for_offline_eval (which keeps a checkpoint) and, once the budget is spent, lets
+    # evaluate_offline evaluate those checkpoints, log their eval lines and decide run_stop.
+    def evaluates_offline(self) -> bool:
+        return False
+
+    def keep_for_offline_eval(self, step: int, samples: int, timed_seconds: float) -> None:
+        """At the end of a block: keep the weights after `step` steps (`samples` trained, `timed_seconds` since
+        run_start over all attempts) for evaluate_offline."""
+        raise NotImplementedError(f"{type(self).__name__} does not evaluate offline")
+
+    def evaluate_offline(self) -> OfflineVerdict:
+        """After the last block, on every rank: evaluate the kept checkpoints in order, log their eval lines."""
+        raise NotImplementedError(f"{type(self).__name__} does not evaluate offline")
 
     def check_sizes(self, found: dict) -> dict:
         """`found` ({"train_samples": n, "eval_samples": m}) must equal the config's data sizes, which the

@@ -11,6 +11,8 @@ benchmark's hyperparameters, built the benchmark and warmed it up (untimed). The
     an evaluation scored in the background (runtime/pending_eval.py) logs eval_stop at once and its
     eval_accuracy at the first sync point after its score arrives; the run stops there if it met the target,
     mid-block. Pending scores are awaited before any checkpoint and before giving up at the budget's end
+    a benchmark that evaluates offline (Benchmark.evaluates_offline: Stable Diffusion as NVIDIA runs it) keeps a
+    checkpoint at each block end instead, trains to the budget, then evaluates them and decides run_stop
     run_stop; train.py prints the RESULT line and writes the plot and summary
 
 Host syncs happen only at sync points (every `run.log_every_steps` steps and at block ends): that is where
@@ -28,7 +30,7 @@ import torch.distributed as dist
 from mlperf_logging.mllog import constants
 
 from runtime import checkpoint, report
-from runtime.benchmark import Benchmark, RunContext
+from runtime.benchmark import Benchmark, OfflineVerdict, RunContext
 from runtime.config import RunConfig
 from runtime.mlperf_log import now_ms
 from runtime.pending_eval import PendingEval
@@ -118,11 +120,15 @@ class RunLoop:
             print(f"resumed from {directory} at step {self.state.global_step}", flush=True)
         return True
 
+    def _timed_seconds(self) -> float:
+        """Seconds since run_start, over all attempts of a resumed run."""
+        return self.state.earlier_seconds + time.time() - self.t_start
+
     def save(self) -> None:
         if self.run_cfg.checkpoint_dir:
             state = self.state.state_dict()
             if self.t_start is not None:  # the timed seconds up to this checkpoint, over all attempts
-                state["earlier_seconds"] = self.state.earlier_seconds + time.time() - self.t_start
+                state["earlier_seconds"] = self._timed_seconds()
             self.bench.save_checkpoint(self.run_cfg.checkpoint_dir, {"loop": state, "seed": self.ctx.seed})
             if self.ctx.is_main:
                 checkpoint.write_run_state(self.run_cfg.checkpoint_dir, self.ctx.seed)
@@ -149,6 +155,7 @@ class RunLoop:
         total_steps = sum(b.steps for b in blocks)
         status, reason, exit_code = constants.ABORTED, "budget exhausted before the target", EXIT_NOT_CONVERGED
 
+        offline = bench.evaluates_offline()
         window_loss = torch.zeros((), device=ctx.device)
         window_steps, window_t = 0, time.time()
         stop = False
@@ -196,19 +203,14 @@ class RunLoop:
                 break
             log.end(constants.BLOCK_STOP, metadata=block.stop_metadata)
 
-            log.start(constants.EVAL_START, metadata=block.eval_metadata)
-            with self.profiler.range("eval"):
-                value = bench.evaluate()
             samples = self.state.global_step * bench.global_batch_size
             self.state.step_in_block = 0
             self.state.block_index = index + 1
-            if isinstance(value, PendingEval):
-                log.end(constants.EVAL_STOP, metadata=block.eval_metadata)
-                # first looked at from the next sync point on: the score never holds up this block's end
-                self.pending.append((block, samples, value))
+            if offline:  # evaluated once the budget is spent (evaluate_offline below)
+                bench.keep_for_offline_eval(self.state.global_step, samples, self._timed_seconds())
                 outcome = None
             else:
-                outcome = self._record(block, samples, value, before_eval_stop=True)
+                outcome = self._evaluate(block, samples)
             if outcome:
                 status, reason, exit_code = outcome
                 break
@@ -217,10 +219,28 @@ class RunLoop:
                     status, reason, exit_code = outcome
                     break
                 self.save()
-        else:  # the budget is spent: the scores still pending decide
+        else:  # the budget is spent: the scores still pending, or the offline evaluation, decide
+            if offline:
+                verdict = bench.evaluate_offline()
+                status, reason = verdict.status, verdict.reason
+                exit_code = EXIT_SUCCESS if status == constants.SUCCESS else EXIT_NOT_CONVERGED
+                return self._finish(status, reason, exit_code, t_start, verdict)
             if outcome := self._collect(wait=True):
                 status, reason, exit_code = outcome
         return self._finish(status, reason, exit_code, t_start)
+
+    def _evaluate(self, block, samples: int) -> tuple | None:
+        """Evaluate after `block`; (status, reason, exit code) when the score ends the run."""
+        log = self.ctx.log
+        log.start(constants.EVAL_START, metadata=block.eval_metadata)
+        with self.profiler.range("eval"):
+            value = self.bench.evaluate()
+        if isinstance(value, PendingEval):
+            log.end(constants.EVAL_STOP, metadata=block.eval_metadata)
+            # first looked at from the next sync point on: the score never holds up this block's end
+            self.pending.append((block, samples, value))
+            return None
+        return self._record(block, samples, value, before_eval_stop=True)
 
     def _record(self, block, samples: int, value: float, before_eval_stop: bool = False) -> tuple | None:
         """Log one evaluation's score; (status, reason, exit code) when it ends the run."""
@@ -296,14 +316,25 @@ class RunLoop:
             position = {k: block.eval_metadata[k] for k in keys if k in block.eval_metadata}
         return position
 
-    def _finish(self, status: str, reason: str, exit_code: int, t_start: float) -> RunResult:
+    def _finish(self, status: str, reason: str, exit_code: int, t_start: float,
+                verdict: OfflineVerdict | None = None) -> RunResult:
         self.profiler.stop()
         self.preemption.uninstall()
         _barrier(self.ctx)
         samples = self.state.global_step * self.bench.global_batch_size
         if self.ctx.spec.train_samples_at_stop:
             self.ctx.log.event(constants.TRAIN_SAMPLES, samples)
-        self.ctx.log.end(constants.RUN_STOP, metadata={"status": status, **self._position()})
-        seconds = time.time() - t_start
+        position, stop_ms = self._position(), None
+        if verdict is not None:
+            self.state.evals = list(verdict.evals)
+            if status == constants.SUCCESS:
+                # The run ended when the first passing checkpoint was taken; one taken by an earlier attempt of
+                # a resumed run (never one uninterrupted MLPerf time) is clamped to this attempt's start.
+                position, stop_ms = verdict.position, max(verdict.time_ms, self.t_start_ms)
+        self.ctx.log.end(constants.RUN_STOP, metadata={"status": status, **position}, time_ms=stop_ms)
+        seconds = time.time() - t_start if stop_ms is None else (stop_ms - self.t_start_ms) / 1000
+        total = self.state.earlier_seconds + seconds
+        if stop_ms is not None and verdict.timed_seconds is not None:
+            total = verdict.timed_seconds
         return RunResult(status, reason, seconds, samples, list(self.state.evals), exit_code,
-                         attempts=self.state.attempt, total_seconds=self.state.earlier_seconds + seconds)
+                         attempts=self.state.attempt, total_seconds=total)

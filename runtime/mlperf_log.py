@@ -43,14 +43,14 @@ class MLPerfLogger:
         if self.enabled:
             self._logger.event(key=key, value=value, metadata=metadata, time_ms=time_ms)
 
-    def start(self, key: str, value=None, metadata: dict | None = None) -> None:
+    def start(self, key: str, value=None, metadata: dict | None = None, time_ms: int | None = None) -> None:
         if self.enabled:
-            self._logger.start(key=key, value=value, metadata=metadata)
+            self._logger.start(key=key, value=value, metadata=metadata, time_ms=time_ms)
             self.run_open = self.run_open or key == constants.RUN_START
 
-    def end(self, key: str, value=None, metadata: dict | None = None) -> None:
+    def end(self, key: str, value=None, metadata: dict | None = None, time_ms: int | None = None) -> None:
         if self.enabled:
-            self._logger.end(key=key, value=value, metadata=metadata)
+            self._logger.end(key=key, value=value, metadata=metadata, time_ms=time_ms)
             self.run_open = self.run_open and key != constants.RUN_STOP
 
     def close(self) -> None:

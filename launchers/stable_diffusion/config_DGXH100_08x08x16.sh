@@ -1,5 +1,6 @@
 # Stable Diffusion v2 on eight DGX H100: 64 GPUs x 16 images = GBS 1024, an RCP point (2,839,273 images;
-# lr 1.25e-7 x 1024 = 1.28e-4, warm-up 1000 steps), a checkpoint and evaluation every 500 steps.
+# lr 1.25e-7 x 1024 = 1.28e-4, warm-up 1000 steps), a checkpoint every 500 steps up to NVIDIA's cap of 3500
+# steps, evaluated after training (offline, as config_DGXH100_01x08x64.sh says).
 #   source launchers/stable_diffusion/config_DGXH100_08x08x16.sh
 #   CONT=<image> DATADIR=/lustre/laion400m LOGDIR=$PWD/results sbatch -N $DGXNNODES -t $WALLTIME launchers/stable_diffusion.sub
 # Every value is a default: set it in the environment before sourcing to change it.

@@ -12,6 +12,11 @@ FID and CLIP are logged as two `eval_accuracy` lines (`metric`, `samples_count`;
 the checker aggregates; evaluate() returns min(FID target / FID, CLIP / CLIP target) to the loop, at least 1
 exactly when both targets hold. Checkpoints (each evaluation in the real flavours, run.checkpoint_every_blocks=1)
 are copied to host memory at once and written by a background thread while training continues.
+
+train.eval_mode=offline (the real flavours, as NVIDIA's): no evaluation during training; the UNet of each
+checkpoint is kept (written in the background too) and, once the budget is spent, the checkpoints are evaluated
+in order and reported as the rules ask (offline_eval.py); run_stop carries the time at which the first passing
+one was taken. `python -m models.stable_diffusion.evaluate_checkpoints` evaluates them elsewhere.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 from mlperf_logging.mllog import constants
 
 from kernels.backends import optimizer_class
-from models.stable_diffusion import diffusion
+from models.stable_diffusion import diffusion, offline_eval
 from models.stable_diffusion.config import StableDiffusionConfig, clip_config, vae_config
 from models.stable_diffusion.frozen import (
     TextEncoder,
@@ -42,9 +47,10 @@ from models.stable_diffusion.parallelize import parallelize
 from models.stable_diffusion.state_dict_adapter import load_ldm_checkpoint, split_checkpoint
 from pipelines.laion import format as fmt
 from runtime import checkpoint, schedule
-from runtime.benchmark import RunContext
+from runtime.benchmark import OfflineVerdict, RunContext
 from runtime.data_parallel import unwrap
 from runtime.data_parallel_benchmark import DataParallelBenchmark
+from runtime.mlperf_log import now_ms
 from runtime.schedule import Block
 
 WARMUP_START_FACTOR = 1e-6  # LDM's LambdaLinearScheduler starts the warm-up here
@@ -62,6 +68,13 @@ def learning_rate(step: int, *, base_lr: float, warmup_steps: int) -> float:
         return base_lr
     alpha = step / warmup_steps
     return base_lr * (WARMUP_START_FACTOR + (1 - WARMUP_START_FACTOR) * alpha)
+
+
+def text_encoder(model_cfg, parts: dict, path: str) -> TextEncoder:
+    """The frozen OpenCLIP text encoder of `model_cfg.clip` from split_checkpoint's parts of the checkpoint at
+    `path` (also what pipelines/laion/prepare/encode_captions.py encodes the train captions with)."""
+    text = TextEncoder(clip_config(model_cfg.clip)).load(parts["text"], f"{path} (cond_stage_model)")
+    return text.eval().requires_grad_(False)
 
 
 def hyperparameters(cfg: StableDiffusionConfig) -> dict:
@@ -89,6 +102,10 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
             raise ValueError(f"data.loader={d.loader!r}: expected 'stream' or 'indexed'")
         if e.eta != 0.0:
             raise ValueError(f"eval.eta={e.eta}: the sampler is deterministic DDIM (eta 0)")
+        if t.eval_mode not in ("inline", "offline"):
+            raise ValueError(f"train.eval_mode={t.eval_mode!r}: expected 'inline' or 'offline'")
+        if e.offline_report not in offline_eval.REPORT_RULES:
+            raise ValueError(f"eval.offline_report={e.offline_report!r}: expected one of {offline_eval.REPORT_RULES}")
         if t.max_images < t.checkpoint_every_images:
             raise ValueError(f"train.max_images={t.max_images} < train.checkpoint_every_images="
                              f"{t.checkpoint_every_images}: no evaluation would run")
@@ -112,9 +129,8 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
             d, m, e, ctx = self.cfg.data, self.cfg.model, self.cfg.eval, self.ctx
             path = ctx.data_path(d.sd_checkpoint)
             parts = split_checkpoint(load_ldm_checkpoint(path), path)
-            text = TextEncoder(clip_config(m.clip)).load(parts["text"], f"{path} (cond_stage_model)")
             self._frozen = {
-                "text": text.to(ctx.device).eval().requires_grad_(False),
+                "text": text_encoder(m, parts, path).to(ctx.device),
                 "vae": build_vae(vae_config(m.vae), parts["vae"], f"{path} (first_stage_model)").to(ctx.device),
                 "clip": build_clip(clip_config(m.clip), ctx.data_path(d.clip_checkpoint)).to(ctx.device),
                 "features": build_feature_net(e.fid_network, e.fid_widths, ctx.data_path(d.fid_weights))
@@ -147,11 +163,15 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         first = self.ctx.layout.dp_rank * n_local
         return eps[first:first + n_local], t[first:first + n_local], noise[first:first + n_local]
 
-    def _micro_batches(self, moments: torch.Tensor, captions: list[str], step: int) -> list:
+    def _micro_batches(self, moments: torch.Tensor, captions: list[str] | torch.Tensor, step: int) -> list:
+        """`captions`: the captions, or their pre-encoded float16 contexts (data.encoded_captions)."""
         n = moments.shape[0]
         eps, t, noise = self._draws(step, n, (moments.shape[1] // 2, *moments.shape[2:]))
-        context = self.encode_text(captions)
         dev = self.ctx.device
+        if isinstance(captions, torch.Tensor):  # what the text encoder gave, once, offline: no encoder here
+            context = captions.to(dev, non_blocking=True).float()
+        else:
+            context = self.encode_text(captions)
         tensors = (moments.to(dev, non_blocking=True), context, eps.to(dev), t.to(dev), noise.to(dev))
         return self.split_micro_batches(tensors)
 
@@ -172,7 +192,10 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         size, n = self.cfg.model.latent_size, self.micro_batch * self.cfg.train.grad_accum
         g = torch.Generator().manual_seed(0)
         moments = torch.randn(n, fmt.MOMENT_CHANNELS, size, size, generator=g)
-        return self._micro_batches(moments, ["a warm-up caption"] * n, 0), ["a warm-up prompt"] * 2
+        captions = ["a warm-up caption"] * n
+        if self.cfg.data.encoded_captions:  # the step's path with encoded shards: a float16 context in
+            captions = self.encode_text(captions).to(torch.float16)
+        return self._micro_batches(moments, captions, 0), ["a warm-up prompt"] * 2
 
     # -- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -209,6 +232,17 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
                                                         device=self.ctx.device)])
 
     def evaluate(self) -> float:
+        e = self.cfg.eval
+        fid, clip = self.fid_and_clip()
+        samples = self._steps_done * self.global_batch_size
+        self._scores = {"FID": fid, "CLIP": clip, "samples_count": samples}
+        if self.ctx.is_main:
+            print(f"eval after {samples} images: FID {fid:.4f} (target <= {e.fid_target}), CLIP {clip:.4f} "
+                  f"(target >= {e.clip_target})", flush=True)
+        return pass_ratio(fid, clip, e.fid_target, e.clip_target)
+
+    def fid_and_clip(self) -> tuple[float, float]:
+        """FID and CLIP score of the current weights over every eval prompt (every rank, collectively)."""
         e, dp = self.cfg.eval, self.ctx.layout.dp
         self.model.eval()
         prompts = self.eval_data["prompts"]
@@ -238,14 +272,7 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         if int(totals[1]) != self.cfg.data.eval_samples:
             raise RuntimeError(f"evaluated {int(totals[1])} prompts, expected all {self.cfg.data.eval_samples}")
         mu, sigma = feature_statistics(all_f.cpu().numpy())
-        fid = frechet_distance(mu, sigma, *self.eval_data["stats"])
-        clip = float(totals[0] / totals[1])
-        samples = self._steps_done * self.global_batch_size
-        self._scores = {"FID": fid, "CLIP": clip, "samples_count": samples}
-        if self.ctx.is_main:
-            print(f"eval after {samples} images: FID {fid:.4f} (target <= {e.fid_target}), CLIP {clip:.4f} "
-                  f"(target >= {e.clip_target})", flush=True)
-        return pass_ratio(fid, clip, e.fid_target, e.clip_target)
+        return frechet_distance(mu, sigma, *self.eval_data["stats"]), float(totals[0] / totals[1])
 
     def eval_accuracy_lines(self, value: float) -> list[tuple[float, dict]]:
         """FID and CLIP of the last evaluation, a line each (what the checker aggregates per samples_count)."""
@@ -258,16 +285,22 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
 
         d, ctx = self.cfg.data, self.ctx
         common = dict(latent_size=self.cfg.model.latent_size, global_batch_size=self.global_batch_size,
-                      rank=ctx.layout.dp_rank, world_size=ctx.layout.dp, seed=ctx.seed)
+                      rank=ctx.layout.dp_rank, world_size=ctx.layout.dp, seed=ctx.seed,
+                      context_dim=self.cfg.model.unet.context_dim if d.encoded_captions else None)
         if d.loader == "indexed":
             self.train_data = IndexedMoments(ctx.data_dir, **common)
         else:
             self.train_data = StreamingMoments(ctx.data_dir, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
                                                num_samples=d.train_samples, **common)
-        prompts = fmt.read_prompts(ctx.data_path(fmt.PROMPTS_FILE))
-        stats = fmt.read_fid_stats(ctx.data_path(fmt.STATS_FILE), self.frozen()["features"].dim)
-        self.eval_data = {"prompts": prompts, "stats": stats}
+        prompts = self.open_eval_data()
         return self.check_sizes({"train_samples": self.train_data.num_samples, "eval_samples": len(prompts)})
+
+    def open_eval_data(self) -> list[str]:
+        """The eval prompts and FID statistics (all an evaluation of checkpoints needs); returns the prompts."""
+        prompts = fmt.read_prompts(self.ctx.data_path(fmt.PROMPTS_FILE))
+        stats = fmt.read_fid_stats(self.ctx.data_path(fmt.STATS_FILE), self.frozen()["features"].dim)
+        self.eval_data = {"prompts": prompts, "stats": stats}
+        return prompts
 
     def blocks(self) -> list[Block]:
         """An evaluation every CEIL(checkpoint_every_images / GBS) steps, up to the budget."""
@@ -278,20 +311,48 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
     # -- checkpoints: written in the background (NVIDIA's are too), so that training goes on meanwhile ------
     def save_checkpoint(self, directory: str, common: dict) -> None:
         state = {**common, "benchmark": self.state_dict()}
-        if not self.ctx.is_main:
-            return
-        # A host copy now: the next optimizer step updates the parameters and moments in place.
-        host = _host_copy(state)
+        if self.ctx.is_main:
+            # A host copy now: the next optimizer step updates the parameters and moments in place.
+            host = _host_copy(state)
+            self._write_in_background(lambda: checkpoint.save_atomic(host, os.path.join(directory, checkpoint.LATEST)))
+
+    def _write_in_background(self, write) -> None:
+        """One writer at a time: the previous write finishes (or fails, here) before the next starts."""
         self.wait_for_checkpoint()
 
-        def write():
+        def run():
             try:
-                checkpoint.save_atomic(host, os.path.join(directory, checkpoint.LATEST))
+                write()
             except BaseException as e:  # re-raised on the training thread by wait_for_checkpoint
                 self._writer_error = e
 
-        self._writer = threading.Thread(target=write, name="checkpoint-writer", daemon=False)
+        self._writer = threading.Thread(target=run, name="checkpoint-writer", daemon=False)
         self._writer.start()
+
+    # -- offline evaluation (train.eval_mode=offline; models/stable_diffusion/offline_eval.py) ---------------
+    def evaluates_offline(self) -> bool:
+        return self.cfg.train.eval_mode == "offline"
+
+    def offline_checkpoint_dir(self) -> str:
+        return self.cfg.eval.checkpoints or os.path.join(self.cfg.run.checkpoint_dir or self.ctx.run_dir,
+                                                         offline_eval.DIR_NAME)
+
+    def keep_for_offline_eval(self, step: int, samples: int, timed_seconds: float) -> None:
+        if not self.ctx.is_main:
+            return
+        unet = _host_copy(unwrap(self.model).state_dict())  # synchronises with the device: the step is done
+        meta = {"samples_count": samples, "step": step, "time_ms": now_ms(), "timed_seconds": timed_seconds}
+        directory = self.offline_checkpoint_dir()
+        self._write_in_background(lambda: offline_eval.write_checkpoint(directory, unet, meta))
+
+    def evaluate_offline(self) -> OfflineVerdict:
+        self.wait_for_checkpoint()  # rank 0's last checkpoint is on disk before any rank reads the directory
+        if self.ctx.launch.world_size > 1:
+            dist.barrier()
+        self.model.eval()
+        entries, chosen = offline_eval.score_checkpoints(self, self.offline_checkpoint_dir(),
+                                                         self.cfg.eval.offline_report)
+        return offline_eval.log_and_decide(self, entries, chosen)
 
     def wait_for_checkpoint(self) -> None:
         if self._writer is not None:

@@ -1,15 +1,16 @@
 """The run loop on a toy benchmark: stop at target, budget, NaN, max_steps + resume, and the MLPerf log."""
 
 import json
+import time
 
 import torch
 from conftest import compliance
 
-from runtime.benchmark import Benchmark, BenchmarkSpec, RunContext
+from runtime.benchmark import Benchmark, BenchmarkSpec, OfflineVerdict, RunContext
 from runtime.config import RunConfig
 from runtime.distributed import LaunchEnv
 from runtime.loop import EXIT_NOT_CONVERGED, EXIT_SUCCESS, RunLoop
-from runtime.mlperf_log import MLPerfLogger
+from runtime.mlperf_log import MLPerfLogger, now_ms
 from runtime.parallel import ParallelLayout
 from runtime.schedule import Block
 
@@ -83,13 +84,46 @@ def _ctx(tmp_path, name="log.txt", spec=None):
                       seed=5)
 
 
-def _run(tmp_path, run_cfg, name="log.txt", spec=None, **toy_args):
+class ToyOffline(Toy):
+    """Evaluates after training, as Stable Diffusion's offline mode: keeps w at each block end, then scores the
+    kept values in order and stops at the first reaching `target`."""
+
+    def __init__(self, ctx, target, **toy_args):
+        super().__init__(ctx, **toy_args)
+        self.target, self.kept = target, []
+
+    def evaluates_offline(self):
+        return True
+
+    def evaluate(self):
+        raise AssertionError("an offline benchmark is not evaluated during training")
+
+    def keep_for_offline_eval(self, step, samples, timed_seconds):
+        time.sleep(0.02)  # distinct time stamps per block
+        self.kept.append({"epoch": len(self.kept) + 1, "w": self.w.item(), "time_ms": now_ms(),
+                          "timed_seconds": timed_seconds, "samples": samples})
+
+    def evaluate_offline(self):
+        log, evals = self.ctx.log, []
+        for kept in self.kept:
+            accuracy, position = 1 - abs(kept["w"] - 3) / 3, {"epoch_num": kept["epoch"]}
+            log.start("eval_start", metadata=position)
+            log.event("eval_accuracy", accuracy, metadata=position)
+            log.end("eval_stop", metadata=position)
+            evals.append((kept["samples"], accuracy))
+            if accuracy >= self.target:
+                return OfflineVerdict("success", "target reached", evals, position=position, time_ms=kept["time_ms"],
+                                      timed_seconds=kept["timed_seconds"])
+        return OfflineVerdict("aborted", "no kept weights reach the target", evals)
+
+
+def _run(tmp_path, run_cfg, name="log.txt", spec=None, bench_class=Toy, **toy_args):
     ctx = _ctx(tmp_path, name, spec)
     ctx.log.event("cache_clear", True)
     ctx.log.start("init_start")
     ctx.log.log_submission("resnet", org="t", platform="cpu", division="closed", status="onprem")
     ctx.log.event("seed", ctx.seed)
-    bench = Toy(ctx, **toy_args)
+    bench = bench_class(ctx, **toy_args)
     bench.log_hyperparameters()
     loop = RunLoop(bench, ctx, run_cfg)
     loop.try_resume()
@@ -153,3 +187,32 @@ def test_train_samples_can_be_logged_at_stop_as_samples_trained(tmp_path):
     assert events[keys.index("train_samples")]["value"] == result.samples == 20 * 8
     ok, out = compliance(log)
     assert ok, out
+
+
+def test_offline_evaluation_trains_to_the_budget_and_stops_at_the_first_passing_checkpoint(tmp_path):
+    result, bench, log = _run(tmp_path, RunConfig(target=0.8, log_every_steps=5), bench_class=ToyOffline, target=0.8)
+    events = _events(log)
+    keys = [e["key"] for e in events]
+    assert len(bench.kept) == 6 and keys.count("block_stop") == 6  # the whole budget trained, no eval meanwhile
+    assert keys.index("eval_start") > max(i for i, k in enumerate(keys) if k == "block_stop")
+    first = next(k for k in bench.kept if 1 - abs(k["w"] - 3) / 3 >= 0.8)
+    assert 1 < first["epoch"] < 6
+    assert result.status == "success" and result.exit_code == EXIT_SUCCESS
+    assert [s for s, _ in result.evals] == [k["samples"] for k in bench.kept[:first["epoch"]]]
+    stop, start = events[-1], events[keys.index("run_start")]
+    # run_stop: last in the file, stamped with the time the first passing weights were kept, at their position
+    assert stop["key"] == "run_stop" and stop["metadata"] == {**stop["metadata"], "status": "success",
+                                                              "epoch_num": first["epoch"]}
+    assert stop["time_ms"] == first["time_ms"] < events[keys.index("eval_start")]["time_ms"]
+    assert result.seconds == (stop["time_ms"] - start["time_ms"]) / 1000
+    assert result.total_seconds == first["timed_seconds"]
+    ok, out = compliance(log)
+    assert ok, out
+
+
+def test_offline_evaluation_without_a_pass_is_aborted_at_the_end(tmp_path):
+    result, bench, log = _run(tmp_path, RunConfig(target=0.8, log_every_steps=5), bench_class=ToyOffline, target=2)
+    events = _events(log)
+    assert result.status == "aborted" and result.exit_code == EXIT_NOT_CONVERGED and len(result.evals) == 6
+    assert events[-1]["key"] == "run_stop" and events[-1]["metadata"]["status"] == "aborted"
+    assert events[-1]["time_ms"] >= events[-2]["time_ms"]  # not back-dated

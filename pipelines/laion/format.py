@@ -5,6 +5,13 @@ Train shards: webdataset tars `webdataset-moments-filtered/NNNNN.tar`; per sampl
 members (`.json` ...) are ignored. Eval: `val2014_30k.tsv` (tab-separated, header `image_id id caption`) and
 `val2014_30k_stats.npz` (Inception pool3 `mu` (2048,) and `sigma` (2048, 2048)).
 
+Encoded shards (NVIDIA's `-encoded` shards, made offline by pipelines/laion/prepare/encode_captions.py):
+`webdataset-moments-filtered-encoded/NNNNN.tar`, the same samples under the same keys and shard names, each with
+a third member `<key>.context.npy`: float16 (77, 1024), the caption's context from the frozen OpenCLIP text
+encoder (penultimate layer after ln_final), so that a train step needs no text encoder. float16 as NVIDIA's
+(the context is 154 KiB per sample instead of 308; the encoder's fp32 output rounded once, relative error
+<= 2^-11). The caption stays beside it.
+
 Every malformed input is an error naming the shard and key (or file) and what is wrong.
 """
 
@@ -18,6 +25,10 @@ import os
 import numpy as np
 
 SHARD_DIR = "webdataset-moments-filtered"
+ENCODED_SHARD_DIR = "webdataset-moments-filtered-encoded"
+CONTEXT_MEMBER = "context.npy"  # the member's extension: `<key>.context.npy`
+CONTEXT_DTYPE = np.float16
+CONTEXT_LENGTH = 77  # OpenCLIP's tokens per caption
 PROMPTS_FILE = "val2014_30k.tsv"
 STATS_FILE = "val2014_30k_stats.npz"
 MOMENT_CHANNELS = 8
@@ -25,24 +36,35 @@ SCALE_FACTOR = 0.18215  # SD's latent scale
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamp
 
 
-def shard_paths(data_dir: str) -> list[str]:
-    paths = sorted(glob.glob(os.path.join(data_dir, SHARD_DIR, "*.tar")))
+def shard_paths(data_dir: str, encoded: bool = False) -> list[str]:
+    directory = os.path.join(data_dir, ENCODED_SHARD_DIR if encoded else SHARD_DIR)
+    paths = sorted(glob.glob(os.path.join(directory, "*.tar")))
     if not paths:
-        raise FileNotFoundError(f"{os.path.join(data_dir, SHARD_DIR)}: no *.tar shards")
+        hint = " (write them with python -m pipelines.laion.prepare.encode_captions)" if encoded else ""
+        raise FileNotFoundError(f"{directory}: no *.tar shards{hint}")
     return paths
 
 
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
 def write_shard(path: str, samples) -> None:
-    """samples: (key, moments float32 (1, 8, h, w), caption) in order."""
+    """samples: (key, moments float32 (1, 8, h, w), caption[, context float16 (77, d)]) in order; with a context,
+    an encoded shard."""
     import webdataset as wds
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # A fixed member mtime: the same samples give the same bytes (checksums of a regenerated set hold).
     with wds.TarWriter(path, mtime=0.0) as sink:
-        for key, moments, caption in samples:
-            buf = io.BytesIO()
-            np.save(buf, np.asarray(moments, dtype=np.float32), allow_pickle=False)
-            sink.write({"__key__": key, "npy": buf.getvalue(), "txt": caption.encode("utf-8")})
+        for key, moments, caption, *context in samples:
+            sample = {"__key__": key, "npy": _npy_bytes(np.asarray(moments, dtype=np.float32)),
+                      "txt": caption.encode("utf-8")}
+            if context:
+                sample[CONTEXT_MEMBER] = _npy_bytes(np.asarray(context[0], dtype=CONTEXT_DTYPE))
+            sink.write(sample)
 
 
 def decode_sample(raw: dict, shard: str, latent_size: int) -> tuple[str, np.ndarray, str]:
@@ -67,8 +89,27 @@ def decode_sample(raw: dict, shard: str, latent_size: int) -> tuple[str, np.ndar
     return key, moments[0], caption
 
 
-def iterate_shard(path: str, latent_size: int):
-    """Every sample of one shard, in order, through webdataset's tar reader."""
+def decode_context(raw: dict, shard: str, context_dim: int) -> np.ndarray:
+    """The float16 (77, context_dim) context of one raw sample of an encoded shard; raises naming shard and key."""
+    where = f"{shard}: sample {raw.get('__key__', '?')!r}"
+    if CONTEXT_MEMBER not in raw:
+        members = sorted(k for k in raw if not k.startswith("__"))
+        raise ValueError(f"{where} has no .{CONTEXT_MEMBER} member (members: {members}): not an encoded shard")
+    try:
+        context = np.load(io.BytesIO(raw[CONTEXT_MEMBER]), allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{where}: .{CONTEXT_MEMBER} member is not a readable numpy array "
+                         f"({type(e).__name__}: {e})") from None
+    want = (CONTEXT_LENGTH, context_dim)
+    if context.dtype != CONTEXT_DTYPE or context.shape != want:
+        raise ValueError(f"{where}: .{CONTEXT_MEMBER} is {context.dtype} {context.shape}, expected "
+                         f"{np.dtype(CONTEXT_DTYPE)} {want}")
+    return context
+
+
+def iterate_shard(path: str, latent_size: int, context_dim: int | None = None):
+    """Every sample of one shard, in order, through webdataset's tar reader: (key, moments, caption), and the
+    context as a fourth element when `context_dim` is given (an encoded shard)."""
     import webdataset as wds
 
     def reraise(exn):
@@ -77,7 +118,8 @@ def iterate_shard(path: str, latent_size: int):
     # Every rank reads the whole shard it names (the caller decides who reads what): no node splitting.
     for raw in wds.WebDataset(path, shardshuffle=False, handler=reraise, empty_check=False,
                               nodesplitter=lambda urls: urls):
-        yield decode_sample(raw, path, latent_size)
+        sample = decode_sample(raw, path, latent_size)
+        yield sample if context_dim is None else (*sample, decode_context(raw, path, context_dim))
 
 
 def latent_from_moments(moments_B8HW, eps_B4HW):

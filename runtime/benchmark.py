@@ -125,6 +125,7 @@ class OfflineVerdict:
     position: dict = field(default_factory=dict)  # run_stop's position metadata: the first passing checkpoint's
     time_ms: int | None = None  # when the first passing checkpoint was taken (success only)
     timed_seconds: float | None = None  # run_start to that checkpoint, over all attempts of a resumed run
+    samples: int | None = None  # trained when that checkpoint was taken: the run's samples, not the whole budget's
 
 
 @dataclass

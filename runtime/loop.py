@@ -331,6 +331,8 @@ class RunLoop:
                 # The run ended when the first passing checkpoint was taken; one taken by an earlier attempt of
                 # a resumed run (never one uninterrupted MLPerf time) is clamped to this attempt's start.
                 position, stop_ms = verdict.position, max(verdict.time_ms, self.t_start_ms)
+                if verdict.samples is not None:  # what the run trained up to its time, for its throughput
+                    samples = verdict.samples
         self.ctx.log.end(constants.RUN_STOP, metadata={"status": status, **position}, time_ms=stop_ms)
         seconds = time.time() - t_start if stop_ms is None else (stop_ms - self.t_start_ms) / 1000
         total = self.state.earlier_seconds + seconds

@@ -188,4 +188,5 @@ def log_and_decide(bench, entries: list[dict], chosen: list[int]) -> OfflineVerd
                                          f"and CLIP >= {e.clip_target}", evals)
     return OfflineVerdict("success", f"target reached at the checkpoint of {first['samples_count']} images", evals,
                           position={"epoch_num": first["samples_count"], "samples_count": first["samples_count"]},
-                          time_ms=first["time_ms"], timed_seconds=first["timed_seconds"])
+                          time_ms=first["time_ms"], timed_seconds=first["timed_seconds"],
+                          samples=first["samples_count"])

@@ -113,7 +113,7 @@ class ToyOffline(Toy):
             evals.append((kept["samples"], accuracy))
             if accuracy >= self.target:
                 return OfflineVerdict("success", "target reached", evals, position=position, time_ms=kept["time_ms"],
-                                      timed_seconds=kept["timed_seconds"])
+                                      timed_seconds=kept["timed_seconds"], samples=kept["samples"])
         return OfflineVerdict("aborted", "no kept weights reach the target", evals)
 
 
@@ -206,6 +206,7 @@ def test_offline_evaluation_trains_to_the_budget_and_stops_at_the_first_passing_
     assert stop["time_ms"] == first["time_ms"] < events[keys.index("eval_start")]["time_ms"]
     assert result.seconds == (stop["time_ms"] - start["time_ms"]) / 1000
     assert result.total_seconds == first["timed_seconds"]
+    assert result.samples == first["samples"] < len(bench.kept) * bench.kept[0]["samples"]  # not the whole budget
     ok, out = compliance(log)
     assert ok, out
 

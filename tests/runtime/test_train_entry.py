@@ -36,6 +36,17 @@ def test_config_errors_are_one_line_and_exit_2_before_run_start(resnet_debug_dat
     assert not log.exists() or "run_start" not in log.read_text()
 
 
+@pytest.mark.parametrize("benchmark", ["gpt3", "llama2_70b_lora"])
+def test_megatron_benchmarks_say_a_typo_in_one_line_too(tmp_path, benchmark):
+    """megatron-core warns at import that TE and apex are absent (every CPU machine): not before the one line."""
+    import os
+
+    r = subprocess.run(train_command(benchmark, tmp_path, tmp_path / "run", "optim.lrr=1"), capture_output=True,
+                       text=True, cwd=REPO, env={**os.environ, **ENV_ONE_THREAD}, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: override 'optim.lrr=1': OptimConfig has no field 'lrr'"), r.stderr
+
+
 def test_a_missing_data_directory_is_named(tmp_path):
     r = _train(tmp_path / "nowhere", tmp_path / "run", timeout=120)
     assert r.returncode == 2 and r.stderr == f"error: --data-dir {tmp_path / 'nowhere'}: no such directory\n"

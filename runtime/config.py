@@ -100,9 +100,17 @@ def _parse(value: str, tp, where: str):
     if origin is tuple:
         inner = typing.get_args(tp)[0]
         return tuple(_parse(v, inner, where) for v in value.strip("()[] ").split(",") if v.strip())
+    if tp is int and "e" in value.lower():  # 6.5e6 style; a value that is not whole is refused, not truncated
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{where}: {value!r} is not a valid int") from None
+        if not number.is_integer():
+            raise ValueError(f"{where}: {value!r} is not a whole number")
+        return int(number)
     if tp in (int, float, str):
         try:
-            return tp(float(value)) if tp is int and "e" in value.lower() else tp(value)
+            return tp(value)
         except ValueError:
             raise ValueError(f"{where}: {value!r} is not a valid {tp.__name__}") from None
     raise ValueError(f"{where}: fields of type {tp} cannot be overridden from the command line")

@@ -11,15 +11,18 @@ from runtime.config import apply_overrides, write_run_snapshot
 def test_overrides_are_parsed_by_field_type():
     cfg = SPEC.config("debug")
     apply_overrides(cfg, ["optim.base_lr=2.5", "train.global_batch_size=64", "train.compile=true",
-                          "model.depths=2,2,2,2", "run.seed=none", "data.loader=dali", "train.epochs=1e1"])
+                          "model.depths=2,2,2,2", "run.seed=none", "data.loader=dali", "train.epochs=1e1",
+                          "run.max_steps=2e3"])
     assert cfg.optim.base_lr == 2.5 and cfg.train.global_batch_size == 64 and cfg.train.compile is True
     assert cfg.model.depths == (2, 2, 2, 2) and cfg.run.seed is None and cfg.data.loader == "dali"
-    assert cfg.train.epochs == 10.0
+    assert cfg.train.epochs == 10.0 and cfg.run.max_steps == 2000 and isinstance(cfg.run.max_steps, int)
 
 
 @pytest.mark.parametrize("override, message", [
     ("optim.lr=1", "OptimConfig has no field 'lr'"),
     ("train.global_batch_size=big", "'big' is not a valid int"),
+    ("train.global_batch_size=2.5e0", "'2.5e0' is not a whole number"),  # was silently 2
+    ("train.global_batch_size=1ex", "'1ex' is not a valid int"),
     ("train.compile=maybe", "'maybe' is not a boolean"),
     ("optim", "expected section.field=value"),
 ])

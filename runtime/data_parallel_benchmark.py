@@ -12,7 +12,8 @@ what is its own:
                                  which counts samples (checked against data.eval_samples after the reduce)
     open_data(), blocks(), log_hyperparameters()
 
-and gets the rest once: gradient accumulation with DDP's `no_sync` on all but the last micro-batch,
+and gets the rest once: gradient accumulation with DDP's `no_sync` on all but the last micro-batch (or the
+optimizer's own, for one that says `syncs_gradients`: apex's distributed optimizers, model not under DDP),
 autocast by name, the learning rate set before each step, a warm-up that restores the initial weights and
 optimizer state, the evaluation's all-reduce with its expected-count check, and the default checkpoints.
 """
@@ -106,8 +107,7 @@ class DataParallelBenchmark(Benchmark):
         count = len(micro_batches)
         for i, micro_batch in enumerate(micro_batches):
             # The gradient all-reduce runs once, in the last micro-batch's backward.
-            defer = i < count - 1 and isinstance(self.model, DistributedDataParallel)
-            with self.model.no_sync() if defer else contextlib.nullcontext():
+            with self._no_sync() if i < count - 1 else contextlib.nullcontext():
                 loss = self.loss(micro_batch) / count
                 (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
             total += loss.detach()
@@ -119,6 +119,15 @@ class DataParallelBenchmark(Benchmark):
         self.optimizer.zero_grad(set_to_none=True)
         self.after_step()
         return total
+
+    def _no_sync(self):
+        """DDP's no_sync, or that of an optimizer that reduces the gradients itself (apex's distributed
+        optimizers under optim.distributed=true, whose model is not under DDP: runtime/data_parallel.py)."""
+        if isinstance(self.model, DistributedDataParallel):
+            return self.model.no_sync()
+        if getattr(self.optimizer, "syncs_gradients", False):
+            return self.optimizer.no_sync()
+        return contextlib.nullcontext()
 
     def train_step(self, step: int) -> torch.Tensor:
         micro_batches = self.train_micro_batches(step)

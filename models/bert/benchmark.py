@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from mlperf_logging.mllog import constants
 
-from kernels.backends import optimizer_class
+from kernels.backends import distributed_optimizer_class, optimizer_class
 from kernels.fp8 import te_available
 from kernels.lamb_ref import lamb_param_groups
 from models.bert.config import BertConfig
@@ -28,7 +28,7 @@ from pipelines.bert.packing import PretrainingBatch, build_batch, random_sequenc
 from pipelines.bert.store import SequenceStore
 from runtime import schedule
 from runtime.benchmark import RunContext
-from runtime.data_parallel import unwrap
+from runtime.data_parallel import replicate, sharding_groups, unwrap
 from runtime.data_parallel_benchmark import DataParallelBenchmark
 from runtime.schedule import Block
 
@@ -65,7 +65,9 @@ class BertBenchmark(DataParallelBenchmark):
 
     def __init__(self, cfg: BertConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
-        t = cfg.train
+        t, o = cfg.train, cfg.optim
+        # Before the model is built: optim.distributed=true without apex fails in the first second.
+        lamb = distributed_optimizer_class("lamb") if o.distributed else optimizer_class("lamb")
         if cfg.data.max_seq_length > cfg.model.max_position_embeddings:
             raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds "
                              f"model.max_position_embeddings={cfg.model.max_position_embeddings}")
@@ -78,13 +80,17 @@ class BertBenchmark(DataParallelBenchmark):
             load_into(model, load_checkpoint(path), path)
         # Same initial weights everywhere (seeded identically before the build); dropout differs by rank.
         torch.manual_seed(ctx.seed + ctx.launch.rank)
-        self.model = parallelize(model, ctx.layout, ctx.device, compile=t.compile)
-        o = cfg.optim
         # our FusedLAMB, or apex's under MLPERF_KERNELS=apex (which refuses the per-part Q/K/V trust ratios)
-        lamb = optimizer_class("lamb")
+        groups = {}
+        if o.distributed:  # DistributedFusedLAMB reduces the gradients itself: no DDP under it
+            self.model = replicate(model, ctx.layout, ctx.device, benchmark="bert", compile=t.compile, ddp=False)
+            process_group, shard_group, replica_group = sharding_groups(ctx.layout, ctx.launch.local_world_size)
+            groups = dict(process_group=process_group, shard_group=shard_group, replica_group=replica_group)
+        else:
+            self.model = parallelize(model, ctx.layout, ctx.device, compile=t.compile)
         self.optimizer = lamb(lamb_param_groups(unwrap(self.model), o.weight_decay), lr=o.base_lr,
                               betas=(o.lamb_beta_1, o.lamb_beta_2), eps=o.lamb_epsilon,
-                              weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm)
+                              weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, **groups)
         self.fp8_layers = fp8_modules(unwrap(self.model))
         if cfg.model.fp8 and not self.fp8_layers and not te_available() and ctx.is_main:
             print("bert: model.fp8=true but Transformer Engine is not usable here, so the GEMMs run in "

@@ -53,6 +53,9 @@ class OptimConfig:
     start_warmup_step: int = 0
     training_steps: int = 2254  # opt_learning_rate_training_steps; also the run's step budget
     max_grad_norm: float = 1.0  # global-norm clipping, fixed by the reference
+    # apex's DistributedFusedLAMB (NVIDIA's v4.0 choice: state sharded within a node, its own overlapped
+    # reductions instead of DDP's); needs MLPERF_KERNELS=apex on the GPU image, a one-line error elsewhere.
+    distributed: bool = False
 
 
 @dataclass

@@ -32,6 +32,10 @@ class RunConfig:
     # Progress lines, the NaN check and the cross-rank preemption check happen every this many steps: a
     # step count, not a time, because every rank must reach the same sync points.
     log_every_steps: int = 50
+    # Between sync points the ranks also agree on a pending SIGTERM about this often (a step count derived from
+    # the all-reduced step time at each sync point, so every rank polls at the same steps): Slurm kills a job
+    # KillWait seconds (30 by default) after its SIGTERM, and the checkpoint must be written within that.
+    preempt_poll_seconds: float = 5.0  # 0: only at sync points
     collective_timeout_s: float = 600.0  # a hung or lost peer fails the job after this long
     warmup_steps: int = 2  # untimed steps on synthetic data before run_start (compilation, graphs)
     checkpoint_dir: str = ""  # empty: no checkpoints

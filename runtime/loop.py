@@ -15,8 +15,10 @@ benchmark's hyperparameters, built the benchmark and warmed it up (untimed). The
     checkpoint at each block end instead, trains to the budget, then evaluates them and decides run_stop
     run_stop; train.py prints the RESULT line and writes the plot and summary
 
-Host syncs happen only at sync points (every `run.log_every_steps` steps and at block ends): that is where
-the loss is read for the progress line and the NaN check, and where ranks agree on a pending SIGTERM.
+Host syncs happen at sync points (every `run.log_every_steps` steps and at block ends): that is where the loss
+is read for the progress line and the NaN check, and where ranks agree on a pending SIGTERM. When the sync points
+are further apart than `run.preempt_poll_seconds`, the ranks also agree on it every few steps in between (one
+scalar all-reduce), so that a preempted job saves before Slurm's SIGKILL.
 """
 
 from __future__ import annotations
@@ -78,12 +80,13 @@ def _barrier(ctx: RunContext) -> None:
         dist.barrier()
 
 
-def _any_rank(ctx: RunContext, flag: bool) -> bool:
+def _any_rank(ctx: RunContext, flag: bool, seconds: float = 0.0) -> tuple[bool, float]:
+    """(flag set on any rank, the largest `seconds` of any rank): one small all-reduce."""
     if ctx.launch.world_size == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+        return flag, seconds
+    t = torch.tensor([1.0 if flag else 0.0, seconds], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(t[0].item()), float(t[1].item())
 
 
 class RunLoop:
@@ -142,11 +145,12 @@ class RunLoop:
         _barrier(ctx)
         log.end(constants.INIT_STOP)
         _barrier(ctx)
-        log.start(constants.RUN_START)
+        # run_start's own time stamp: a run_stop back-dated to a checkpoint (offline evaluation) is timed from it
+        self.t_start_ms = now_ms()
+        log.start(constants.RUN_START, time_ms=self.t_start_ms)
         if self.on_run_start is not None:
             self.on_run_start()
         t_start = self.t_start = time.time()
-        self.t_start_ms = now_ms()
 
         sizes = bench.open_data()
         if not ctx.spec.train_samples_at_stop:
@@ -156,6 +160,9 @@ class RunLoop:
         status, reason, exit_code = constants.ABORTED, "budget exhausted before the target", EXIT_NOT_CONVERGED
 
         offline = bench.evaluates_offline()
+        # Steps between preemption polls outside the sync points; every step until the first sync point says how
+        # long a step takes (0 after it when the sync points come often enough)
+        self.poll_every = 1 if self.run_cfg.preempt_poll_seconds > 0 else 0
         window_loss = torch.zeros((), device=ctx.device)
         window_steps, window_t = 0, time.time()
         stop = False
@@ -176,7 +183,9 @@ class RunLoop:
                 if (self.state.global_step % self.run_cfg.log_every_steps == 0
                         or self.state.step_in_block == block.steps or at_max):
                     mean_loss = self._global_mean(window_loss / window_steps)
-                    self._progress(mean_loss, window_steps, time.time() - window_t, total_steps)
+                    window_seconds = time.time() - window_t
+                    step_seconds = window_seconds / window_steps
+                    self._progress(mean_loss, window_steps, window_seconds, total_steps)
                     window_loss.zero_()
                     window_steps, window_t = 0, time.time()
                     if not math.isfinite(mean_loss):
@@ -185,12 +194,10 @@ class RunLoop:
                     if self.pending and (outcome := self._collect(wait=False)):
                         (status, reason, exit_code), stop = outcome, True
                         break
-                    if _any_rank(ctx, self.preemption.requested):
-                        if outcome := self._collect(wait=True):
-                            return self._finish(*outcome, t_start)
-                        self.save()
-                        return self._finish(constants.ABORTED, "preempted by SIGTERM (checkpoint saved)",
-                                            checkpoint.EXIT_PREEMPTED, t_start)
+                    preempted, step_seconds = _any_rank(ctx, self.preemption.requested, step_seconds)
+                    if preempted:
+                        return self._preempted(t_start)
+                    self._set_poll_interval(step_seconds)
                     if at_max:
                         if outcome := self._collect(wait=True):
                             (status, reason, exit_code), stop = outcome, True
@@ -198,6 +205,9 @@ class RunLoop:
                         self.save()
                         reason, stop = f"stopped at run.max_steps={self.run_cfg.max_steps}", True
                         break
+                elif self.poll_every and self.state.global_step % self.poll_every == 0:
+                    if _any_rank(ctx, self.preemption.requested)[0]:
+                        return self._preempted(t_start)
             if stop:
                 log.end(constants.BLOCK_STOP, metadata=block.stop_metadata)
                 break
@@ -228,6 +238,21 @@ class RunLoop:
             if outcome := self._collect(wait=True):
                 status, reason, exit_code = outcome
         return self._finish(status, reason, exit_code, t_start)
+
+    def _set_poll_interval(self, step_seconds: float) -> None:
+        """From the slowest rank's mean step time: poll about every run.preempt_poll_seconds, or only at the sync
+        points when those come at least as often."""
+        poll_seconds = self.run_cfg.preempt_poll_seconds
+        every = max(1, int(poll_seconds / max(step_seconds, 1e-9))) if poll_seconds > 0 else 0
+        self.poll_every = every if every < self.run_cfg.log_every_steps else 0
+
+    def _preempted(self, t_start: float) -> RunResult:
+        """Every rank agreed on a SIGTERM: scores still pending decide first, else save and exit 143."""
+        if outcome := self._collect(wait=True):
+            return self._finish(*outcome, t_start)
+        self.save()
+        return self._finish(constants.ABORTED, "preempted by SIGTERM (checkpoint saved)", checkpoint.EXIT_PREEMPTED,
+                            t_start)
 
     def _evaluate(self, block, samples: int) -> tuple | None:
         """Evaluate after `block`; (status, reason, exit code) when the score ends the run."""

@@ -217,3 +217,45 @@ def test_offline_evaluation_without_a_pass_is_aborted_at_the_end(tmp_path):
     assert result.status == "aborted" and result.exit_code == EXIT_NOT_CONVERGED and len(result.evals) == 6
     assert events[-1]["key"] == "run_stop" and events[-1]["metadata"]["status"] == "aborted"
     assert events[-1]["time_ms"] >= events[-2]["time_ms"]  # not back-dated
+
+
+class ToySlowPreempted(Toy):
+    """Steps of ~10 ms; a SIGTERM (the loop's flag set, as its handler does) arrives during step `preempt_at`."""
+
+    def __init__(self, ctx, preempt_at, **kw):
+        super().__init__(ctx, **kw)
+        self.preempt_at, self.flag = preempt_at, None
+
+    def train_step(self, step):
+        time.sleep(0.01)
+        if step == self.preempt_at:
+            self.flag.requested = True
+        return super().train_step(step)
+
+
+def _run_preempted(tmp_path, preempt_at, poll_seconds):
+    ctx = _ctx(tmp_path)
+    bench = ToySlowPreempted(ctx, preempt_at, steps_per_block=60, blocks=1)
+    loop = RunLoop(bench, ctx, RunConfig(target=1.01, log_every_steps=20, preempt_poll_seconds=poll_seconds,
+                                         checkpoint_dir=str(tmp_path / "ck")))
+    bench.flag = loop.preemption
+    result = loop.run()
+    ctx.log.close()
+    return result, max(bench.losses)
+
+
+def test_a_sigterm_between_sync_points_is_acted_on_within_the_poll_interval(tmp_path):
+    """Sync points every 20 steps; polls every ~50 ms (about 5 steps of 10 ms) after the first one: a SIGTERM during
+    step 23 saves and exits well before the sync point of step 40. Before the first sync point (no step time known
+    yet) every step polls."""
+    result, last = _run_preempted(tmp_path / "a", preempt_at=23, poll_seconds=0.05)
+    assert result.exit_code == 143 and "preempted" in result.reason
+    assert 23 <= last < 39, last
+    assert (tmp_path / "a" / "ck").exists()
+    early, last = _run_preempted(tmp_path / "b", preempt_at=3, poll_seconds=0.05)
+    assert early.exit_code == 143 and last == 3  # polled after step 3 itself
+
+
+def test_without_the_poll_a_sigterm_waits_for_the_next_sync_point(tmp_path):
+    result, last = _run_preempted(tmp_path, preempt_at=23, poll_seconds=0)
+    assert result.exit_code == 143 and last == 39  # the sync point after step 39 (global count 40)

@@ -24,6 +24,8 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from runtime.atomic_write import AtomicPath, atomic_open
+
 _POLY = 0x82F63B78  # CRC32C polynomial, bit-reversed
 _MASK_DELTA = 0xA282EAD8  # TFRecord's CRC masking constant
 _LANE_BYTES = 64  # bytes per lane of the vector path; 16 numpy steps, then a log2(lanes) merge
@@ -165,8 +167,8 @@ class TFRecordWriter:
 
     def __init__(self, path: str):
         self.path = path
-        self._tmp_path = f"{path}.tmp-{os.getpid()}"
-        self._file = open(self._tmp_path, "wb")
+        self._target = AtomicPath(path)
+        self._file = open(self._target.tmp, "wb")
         self.num_records = 0
 
     def write(self, payload: bytes) -> None:
@@ -176,7 +178,7 @@ class TFRecordWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
-            os.replace(self._tmp_path, self.path)
+            self._target.commit()
 
     def __enter__(self) -> "TFRecordWriter":
         return self
@@ -186,7 +188,7 @@ class TFRecordWriter:
             self.close()
         else:
             self._file.close()
-            os.unlink(self._tmp_path)
+            self._target.discard()
 
 
 def _check_header(path: str, offset: int, header: bytes) -> int:
@@ -353,10 +355,8 @@ def verify_records(path: str) -> list[tuple[int, int]]:
 
 
 def write_index(records: Sequence[tuple[int, int]], index_path: str) -> None:
-    tmp_path = f"{index_path}.tmp-{os.getpid()}"
-    with open(tmp_path, "w") as f:
+    with atomic_open(index_path, "w") as f:  # other ranks may be reading or writing the same index
         f.writelines(f"{offset} {size}\n" for offset, size in records)
-    os.replace(tmp_path, index_path)  # other ranks may be reading or writing the same index
 
 
 def read_index(index_path: str) -> list[tuple[int, int]]:

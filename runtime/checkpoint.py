@@ -5,7 +5,8 @@ rank writes its shards into (`save_step_dir`, for sharded state: GPT-3, DLRM's t
 
 A checkpoint holds only tensors and plain Python values, so it loads with `torch.load(weights_only=True)`
 and never runs pickled code. It is written to a temporary file in the same directory, fsynced and
-renamed over the old one, so a job killed mid-write leaves the previous checkpoint intact.
+renamed over the old one (runtime/atomic_write.py), so a job killed mid-write leaves the previous checkpoint
+intact.
 """
 
 from __future__ import annotations
@@ -14,43 +15,19 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 
 import torch
+
+from runtime.atomic_write import atomic_open, fsync_dir, write_text_atomic
 
 LATEST = "latest.pt"
 RUN_STATE = "run_state.json"  # beside the checkpoints: what a rerun of the same command must reuse
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: what Slurm and shells expect of a process ended by SIGTERM
 
 
-def _replace_durably(write, path: str, suffix: str) -> None:
-    """Write through `write(file)` into a temporary file beside `path`, fsync, rename over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
 def save_atomic(state: dict, path: str) -> None:
-    _replace_durably(lambda f: torch.save(state, f), path, ".pt")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    _replace_durably(lambda f: f.write(text.encode()), path, ".txt")
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def write_run_state(directory: str, seed: int) -> None:
@@ -124,6 +101,7 @@ def save_step_dir(directory: str, step: int, write, *, is_main: bool, barrier) -
     if is_main:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        fsync_dir(directory)
         write_text_atomic(os.path.join(directory, STEP_POINTER), name + "\n")
         older = sorted(d for d in os.listdir(directory) if d.startswith("step_") and d != name)
         for stale in older[: max(0, len(older) - (_KEEP - 1))]:

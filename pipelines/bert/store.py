@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 
@@ -42,6 +41,7 @@ from pipelines.bert.format import (
     decode_pretraining_example,
 )
 from pipelines.tfrecord import ExampleError, TFRecordError, iter_records
+from runtime.atomic_write import atomic_dir, atomic_open
 
 FORMAT = "mlperf-bert-unpadded-v1"
 _HEADER_BYTES = 128  # magic + version + length + dict, padded; room for any shape of one dimension
@@ -50,11 +50,12 @@ _ARRAYS = ("input_ids", "sequence_offsets", "segment_b_start", "prediction_offse
 
 
 class _NpyAppender:
-    """A 1-D .npy file written in chunks; the header is rewritten with the final length on close."""
+    """A 1-D .npy file written in chunks; the header is rewritten with the final length on close. It lives in
+    a part's temporary directory, which `atomic_dir` makes durable and renames only when complete."""
 
     def __init__(self, path: str, dtype: np.dtype):
         self.path, self.dtype, self.count = path, np.dtype(dtype), 0
-        self._file = open(path + ".tmp", "wb")
+        self._file = open(path, "wb")
         self._file.write(self._header(0))
 
     def _header(self, count: int) -> bytes:
@@ -70,7 +71,6 @@ class _NpyAppender:
         self._file.seek(0)
         self._file.write(self._header(self.count))
         self._file.close()
-        os.replace(self.path + ".tmp", self.path)
 
 
 def _unpad(ex: dict[str, np.ndarray]) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, int]:
@@ -104,11 +104,13 @@ def _unpad(ex: dict[str, np.ndarray]) -> tuple[np.ndarray, int, np.ndarray, np.n
 
 def convert_tfrecord(path: str, part_dir: str, max_seq_length: int = MAX_SEQ_LENGTH,
                      max_predictions: int = MAX_PREDICTIONS_PER_SEQ, id_dtype=np.uint16) -> int:
-    """One TFRecord shard -> one store part; returns its number of sequences. Writes to `part_dir`.tmp and
-    renames when complete, so an interrupted conversion never leaves a plausible part behind."""
-    tmp = part_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    """One TFRecord shard -> one store part; returns its number of sequences. Writes to a temporary directory
+    renamed to `part_dir` when complete, so an interrupted conversion never leaves a plausible part behind."""
+    with atomic_dir(part_dir) as tmp:
+        return _convert_into(path, tmp, max_seq_length, max_predictions, id_dtype)
+
+
+def _convert_into(path: str, tmp: str, max_seq_length: int, max_predictions: int, id_dtype) -> int:
     dtypes = {"input_ids": id_dtype, "sequence_offsets": np.int64, "segment_b_start": np.uint16,
               "prediction_offsets": np.int64, "masked_lm_positions": np.uint16, "masked_lm_ids": id_dtype,
               "next_sentence_labels": np.uint8}
@@ -143,9 +145,6 @@ def convert_tfrecord(path: str, part_dir: str, max_seq_length: int = MAX_SEQ_LEN
     finally:
         for appender in out.values():
             appender.close()
-    if os.path.exists(part_dir):
-        shutil.rmtree(part_dir)
-    os.replace(tmp, part_dir)
     return sequences
 
 
@@ -153,9 +152,8 @@ def write_index(store_dir: str, parts: list[tuple[str, int]], max_seq_length: in
                 extra: dict | None = None) -> None:
     index = {"format": FORMAT, "max_seq_length": max_seq_length, "max_predictions_per_seq": max_predictions,
              "num_sequences": sum(n for _, n in parts), "parts": [list(p) for p in parts], **(extra or {})}
-    with open(os.path.join(store_dir, "index.json.tmp"), "w") as f:
+    with atomic_open(os.path.join(store_dir, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
-    os.replace(os.path.join(store_dir, "index.json.tmp"), os.path.join(store_dir, "index.json"))
 
 
 class StorePart:

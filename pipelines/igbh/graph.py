@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.igbh.format import RELATIONS, IGBHFormatError, read_edges, relation_dir
+from runtime.atomic_write import atomic_open
 
 EdgeType = tuple[str, str, str]
 CSC_DIR = "CSC"
@@ -95,8 +96,8 @@ def write_cache(pdir: str, graph: dict[EdgeType, CSC]) -> None:
         indptr_path, indices_path = cache_paths(pdir, etype)
         os.makedirs(os.path.dirname(indptr_path), exist_ok=True)
         for tensor, path in ((csc.indptr, indptr_path), (csc.indices, indices_path)):
-            torch.save(tensor.contiguous(), path + ".tmp")
-            os.replace(path + ".tmp", path)
+            with atomic_open(path) as f:
+                torch.save(tensor.contiguous(), f)
 
 
 def has_cache(pdir: str) -> bool:

@@ -9,6 +9,7 @@ import os
 import torch
 
 from pipelines.igbh.format import TRAIN_IDX, VAL_IDX
+from runtime.atomic_write import atomic_open
 
 SPLIT_SEED = 42
 TRAIN_FRACTION = 0.6
@@ -32,6 +33,6 @@ def split_seeds(labelled: int, seed: int = SPLIT_SEED, train_fraction: float = T
 def write_split(pdir: str, labelled: int, **kwargs) -> tuple[int, int]:
     train, val = split_seeds(labelled, **kwargs)
     for tensor, name in ((train, TRAIN_IDX), (val, VAL_IDX)):
-        torch.save(tensor, os.path.join(pdir, name + ".tmp"))
-        os.replace(os.path.join(pdir, name + ".tmp"), os.path.join(pdir, name))
+        with atomic_open(os.path.join(pdir, name)) as f:
+            torch.save(tensor, f)
     return train.numel(), val.numel()

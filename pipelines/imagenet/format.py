@@ -42,6 +42,7 @@ from pipelines.tfrecord import (
     verify_records,
     write_index,
 )
+from runtime.atomic_write import atomic_open
 
 SPLIT_SHARDS = {"train": 1024, "validation": 128}
 SPLIT_RECORDS = {"train": 1_281_167, "validation": 50_000}
@@ -267,10 +268,8 @@ def _verify_shard(shard: str, index_file: str | None) -> list[tuple[int, int]]:
                         "index_sha256": _index_digest(records), "records": len(records),
                         "checked": "length CRC, data CRC and completeness of every record",
                         "seconds": round(time.perf_counter() - start, 3)}
-        tmp_path = f"{index_file}{VERIFIED_SUFFIX}.tmp-{os.getpid()}"
-        with open(tmp_path, "w") as f:
+        with atomic_open(index_file + VERIFIED_SUFFIX, "w") as f:
             json.dump(verification, f)
-        os.replace(tmp_path, index_file + VERIFIED_SUFFIX)
     return records
 
 

@@ -45,6 +45,7 @@ import os
 import numpy as np
 
 from pipelines.megatron_data.indexed import IndexedDataset
+from runtime.atomic_write import atomic_open
 
 IGNORE = -1
 MARGIN = 1.005  # dataset_utils.get_datasets_weights_and_num_samples: samples built per file beyond its share
@@ -53,9 +54,8 @@ INDEX_FORMAT = 2  # part of every cache key: bump when the arrays' meaning chang
 
 
 def _save_atomic(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:  # every rank may build the same cache at once: unique temporaries
+        np.save(f, array, allow_pickle=False)
 
 
 def _cached(cache_dir: str, key: str, names: tuple[str, ...], build) -> dict:

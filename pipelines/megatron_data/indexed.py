@@ -18,6 +18,8 @@ import struct
 
 import numpy as np
 
+from runtime.atomic_write import atomic_open
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
@@ -36,8 +38,7 @@ def write_indexed_dataset(prefix: str, documents, dtype=np.uint16) -> None:
     if dtype not in CODE_OF:
         raise ValueError(f"{prefix}: unsupported token dtype {dtype}")
     sizes = []
-    tmp_bin = prefix + ".bin.tmp"
-    with open(tmp_bin, "wb") as f:
+    with atomic_open(prefix + ".bin") as f:  # streamed: a corpus never sits in memory
         for doc in documents:
             doc = np.asarray(doc)
             if dtype.kind in "iu" and doc.size and (doc.min() < np.iinfo(dtype).min or doc.max() > np.iinfo(dtype).max):
@@ -49,8 +50,7 @@ def write_indexed_dataset(prefix: str, documents, dtype=np.uint16) -> None:
     if len(sizes) > 1:
         np.cumsum(sizes_arr[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
     doc_idx = np.arange(len(sizes) + 1, dtype=np.int64)
-    tmp_idx = prefix + ".idx.tmp"
-    with open(tmp_idx, "wb") as f:
+    with atomic_open(prefix + ".idx") as f:
         f.write(MAGIC)
         f.write(struct.pack("<Q", VERSION))
         f.write(struct.pack("<B", CODE_OF[dtype]))
@@ -59,8 +59,6 @@ def write_indexed_dataset(prefix: str, documents, dtype=np.uint16) -> None:
         f.write(sizes_arr.tobytes(order="C"))
         f.write(pointers.tobytes(order="C"))
         f.write(doc_idx.tobytes(order="C"))
-    os.replace(tmp_bin, prefix + ".bin")
-    os.replace(tmp_idx, prefix + ".idx")
 
 
 class IndexedDataset:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from pipelines.igbh.format import NODE_TYPES, IGBHSizes, processed_dir, read_features
+from runtime.atomic_write import atomic_open
 
 
 def convert(pdir: str, node_type: str, sizes: IGBHSizes, chunk_rows: int = 1 << 20) -> str:
@@ -25,8 +26,8 @@ def convert(pdir: str, node_type: str, sizes: IGBHSizes, chunk_rows: int = 1 << 
         half[start:start + chunk_rows] = table[start:start + chunk_rows].astype(np.float16)
     half.flush()
     tensor = torch.from_file(tmp, shared=False, size=half.size, dtype=torch.float16).view(table.shape)
-    torch.save(tensor, out + ".tmp")
-    os.replace(out + ".tmp", out)
+    with atomic_open(out) as f:
+        torch.save(tensor, f)
     os.remove(tmp)
     return out
 

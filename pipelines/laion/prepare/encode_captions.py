@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipelines.laion import format as fmt
+from runtime.atomic_write import atomic_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,10 +58,9 @@ def encode_shard(encoder, source: str, target: str, latent_size: int, batch: int
         context = encoder(encoder.tokenize(captions).to(device)).float()
         contexts.append(context.to(torch.float16).cpu().numpy())
     contexts = np.concatenate(contexts) if contexts else []
-    tmp = target + ".tmp"
-    fmt.write_shard(tmp, [(key, moments[None], caption, context)
-                          for (key, moments, caption), context in zip(samples, contexts)])
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        fmt.write_shard(tmp, [(key, moments[None], caption, context)
+                              for (key, moments, caption), context in zip(samples, contexts)])
     return len(samples)
 
 

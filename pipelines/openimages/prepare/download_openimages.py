@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from pipelines.openimages.format import LABELS_FILE, SPLITS, labels_path
 from pipelines.openimages.prepare.classes import MLPERF_CLASSES
+from runtime.atomic_write import atomic_open
 
 
 def download(dataset_dir: str, splits: tuple[str, ...]):
@@ -54,10 +54,8 @@ def set_iscrowd_from_group_of(path: str) -> None:
         if "IsGroupOf" not in annotation:
             raise ValueError(f"{path}: annotation {annotation.get('id')} has no IsGroupOf attribute")
         annotation["iscrowd"] = int(bool(annotation["IsGroupOf"]))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(coco, f)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

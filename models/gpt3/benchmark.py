@@ -28,14 +28,21 @@ import torch.distributed as dist
 from mlperf_logging.mllog import constants
 
 from models.gpt3.config import GPT3Config, allowed_learning_rates, closed_learning_rate
-from models.gpt3.model import build_model_chunks, te_available, transformer_config
+from models.gpt3.model import te_available, transformer_config
+from models.gpt3.parallelize import (
+    build_model_chunks,
+    check_layout,
+    init_layout,
+    parallelize,
+    uses_distributed_optimizer,
+)
 from models.gpt3.reference_checkpoint import load_reference_checkpoint, write_synthetic_reference_checkpoint
 from runtime import schedule
 from runtime.benchmark import Benchmark, RunContext
 from runtime.init_checkpoint import init_checkpoint_dir
 from runtime.mcore import checkpointing
 from runtime.mcore.fp8_linear import reset_fp8_state, update_fp8_scales
-from runtime.mcore.parallelize import build_optimizer, destroy_megatron, init_megatron, wrap_ddp
+from runtime.mcore.parallelize import build_optimizer, destroy_megatron
 from runtime.mcore.pipeline import from_last_stage, is_last_stage, run_schedule
 from runtime.schedule import Block
 
@@ -108,16 +115,7 @@ class GPT3Benchmark(Benchmark):
     def __init__(self, cfg: GPT3Config, ctx: RunContext):
         super().__init__(cfg, ctx)
         m, t, o, layout = cfg.model, cfg.train, cfg.optim, ctx.layout
-        if layout.cp != 1:
-            raise ValueError("gpt3: context parallel is not wired into the data path (the reference uses none)")
-        if t.global_batch_size % (layout.dp * t.micro_batch_size):
-            raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
-                             f"dp*micro_batch_size = {layout.dp}*{t.micro_batch_size}")
-        self.num_microbatches = t.global_batch_size // (layout.dp * t.micro_batch_size)
-        vpp = t.virtual_pp if layout.pp > 1 else 1
-        if vpp > 1 and self.num_microbatches % layout.pp:
-            raise ValueError(f"interleaved 1F1B needs micro-batches ({self.num_microbatches}) "
-                             f"divisible by pp={layout.pp}")
+        self.num_microbatches = check_layout(layout, t)
         self.schedule = step_schedule(cfg)
         self.base_lr = self.schedule.base_lr
         self.warmup_steps = self.schedule.warmup_steps
@@ -127,14 +125,12 @@ class GPT3Benchmark(Benchmark):
         self.total_steps = self.schedule.total_steps
         self.seq_length = m.seq_length
 
-        init_megatron(layout, vpp, ctx.seed)
+        init_layout(layout, t, ctx.seed)
         self.config = transformer_config(m, t, tp=layout.tp, pp=layout.pp, cp=layout.cp)
         chunks = build_model_chunks(m, self.config, pp_rank=layout.coords()["pp"], pp=layout.pp)
-        use_dist_opt = t.distributed_optimizer and torch.cuda.is_available()
-        self.model = wrap_ddp(chunks, self.config, distributed_optimizer=use_dist_opt,
-                              grad_reduce_in_fp32=t.grad_reduce_in_fp32)
+        self.model = parallelize(chunks, self.config, t)
         self.optimizer = build_optimizer(self.model, replace(o, base_lr=self.base_lr), self.config,
-                                         distributed_optimizer=use_dist_opt)
+                                         distributed_optimizer=uses_distributed_optimizer(t))
         self._load_initial_checkpoint()
         device = ctx.device
         s = self.seq_length

@@ -1,7 +1,7 @@
-"""GPT-3 as megatron-core builds it: a TransformerConfig, a layer spec, and one GPTModel per pipeline chunk.
+"""GPT-3 as megatron-core builds it: a TransformerConfig, a layer spec, and a GPTModel (or one pipeline chunk).
 
     config = transformer_config(cfg.model, cfg.train, tp=..., pp=..., cp=...)
-    chunks = build_model_chunks(cfg.model, config, pp_rank=..., pp=..., virtual_pp=...)
+    model = build_model(cfg.model, config)       # or one pipeline chunk: models/gpt3/parallelize.py
 
 The spec is Transformer Engine's when it imports (fused LayerNorm+GEMM, FP8, sequence parallel); otherwise
 megatron-core's local spec (with FP8 layer GEMMs through torch._scaled_mm for precision "fp8":
@@ -142,22 +142,16 @@ def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int, cp: 
     return config
 
 
-def build_model_chunks(m: ModelConfig, config: TransformerConfig, *, pp_rank: int, pp: int,
-                       use_te: bool | None = None) -> list[GPTModel]:
-    """The GPTModel chunks this pipeline rank holds (one, or virtual_pp interleaved ones)."""
+def build_model(m: ModelConfig, config: TransformerConfig, *, pre_process: bool = True, post_process: bool = True,
+                vp_stage: int | None = None, pp_rank: int = 0, use_te: bool | None = None) -> GPTModel:
+    """One GPTModel: the whole network, or the pipeline chunk (pipeline rank `pp_rank`, virtual stage `vp_stage`)
+    that models/gpt3/parallelize.py asks for; `pre_process` holds the embedding, `post_process` the output layer
+    and loss."""
     use_te = te_available() if use_te is None else use_te
-    vpp = config.virtual_pipeline_model_parallel_size or 1
-    chunks = []
-    for vp_stage in range(vpp):
-        first = pp_rank == 0 and vp_stage == 0
-        last = pp_rank == pp - 1 and vp_stage == vpp - 1
-        spec = block_spec(m, config, use_te, vp_stage if vpp > 1 else None, pp_rank)
-        model_cls = GPTModel if use_te else KernelGPTModel  # TE's path as megatron builds it
-        model = model_cls(config=config, transformer_layer_spec=spec,
-                          vocab_size=m.padded_vocab_size(config.tensor_model_parallel_size),
-                          max_sequence_length=m.seq_length, pre_process=first, post_process=last,
-                          share_embeddings_and_output_weights=m.share_embeddings_and_output_weights,
-                          position_embedding_type="learned_absolute", parallel_output=True,
-                          vp_stage=vp_stage if vpp > 1 else None)
-        chunks.append(model)
-    return chunks
+    spec = block_spec(m, config, use_te, vp_stage, pp_rank)
+    model_cls = GPTModel if use_te else KernelGPTModel  # TE's path as megatron builds it
+    return model_cls(config=config, transformer_layer_spec=spec,
+                     vocab_size=m.padded_vocab_size(config.tensor_model_parallel_size),
+                     max_sequence_length=m.seq_length, pre_process=pre_process, post_process=post_process,
+                     share_embeddings_and_output_weights=m.share_embeddings_and_output_weights,
+                     position_embedding_type="learned_absolute", parallel_output=True, vp_stage=vp_stage)

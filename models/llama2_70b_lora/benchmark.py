@@ -13,10 +13,10 @@ which is also the budget. Evaluations every CEIL(eval_every_samples / GBS) steps
 FLOOR(0.125 GBS + 2) of them skipped (mlcommons/training 7d3dee39, part of the v4.0 rules): the first at
 (skip + 1) intervals.
 
-Layouts: TP (with SP), CP and DP, no pipeline. Under CP each rank holds two of the sequence's 2*cp chunks
-(`_cp_slice`, megatron's load balance); the per-sequence means are assembled from every CP rank's part (token
-counts all-reduced over CP), and each rank's loss is scaled by cp because megatron averages gradients over
-DP x CP.
+Layouts: TP (with SP), CP and DP, no pipeline (models/llama2_70b_lora/parallelize.py). Under CP each rank
+holds two of the sequence's 2*cp chunks (`cp_slice`, megatron's load balance); the per-sequence means are
+assembled from every CP rank's part (token counts all-reduced over CP), and each rank's loss is scaled by cp
+because megatron averages gradients over DP x CP.
 
 The frozen base comes from `data.init_checkpoint`, a HF Llama checkpoint directory read per TP shard
 (models/llama2_70b_lora/hf_checkpoint.py); the run's own checkpoints hold the adapters and their Adam
@@ -40,11 +40,19 @@ from models.llama2_70b_lora.config import LlamaLoraConfig
 from models.llama2_70b_lora.hf_checkpoint import load_hf_checkpoint
 from models.llama2_70b_lora.lora import lora_parameters
 from models.llama2_70b_lora.model import build_model, transformer_config
+from models.llama2_70b_lora.parallelize import (
+    ContextParallelSdpaAttention,
+    all_reduce_cp,
+    cp_rank,
+    cp_slice,
+    init_layout,
+    parallelize,
+)
 from runtime import schedule
 from runtime.benchmark import Benchmark, RunContext
 from runtime.init_checkpoint import init_checkpoint_dir
 from runtime.mcore.fp8_linear import reset_fp8_state, update_fp8_scales
-from runtime.mcore.parallelize import build_optimizer, destroy_megatron, init_megatron, wrap_ddp
+from runtime.mcore.parallelize import build_optimizer, destroy_megatron
 from runtime.mcore.pipeline import run_schedule
 from runtime.schedule import Block
 
@@ -53,7 +61,7 @@ def write_synthetic_data(cfg: LlamaLoraConfig, out_dir: str) -> None:
     """The two splits of the summary task and, when the flavour names one, a random HF-layout base model
     (fused QKV, as the MLPerf checkpoint) to fine-tune."""
     from models.llama2_70b_lora.synthetic_base import write_synthetic_base
-    from pipelines.govreport.format import write_synthetic
+    from pipelines.govreport.synthetic import write_synthetic
 
     d, m = cfg.data, cfg.model
     write_synthetic(out_dir, seq_length=m.seq_length, vocab=m.vocab_size, train_rows=d.train_samples,
@@ -117,16 +125,15 @@ class LlamaLoraBenchmark(Benchmark):
         self.seq_length = m.seq_length
         self.cp = layout.cp
 
-        init_megatron(layout, 1, ctx.seed)
+        init_layout(layout, ctx.seed)
         self.config = transformer_config(m, t, tp=layout.tp, pp=layout.pp, cp=layout.cp)
-        model = build_model(m, self.config)
+        model = build_model(m, self.config, core_attention=ContextParallelSdpaAttention)
         self._load_base(model)
         if m.precision == "fp8":  # no TE: the frozen GEMM weights to e4m3 now that they are in (fp8_frozen.py)
             from models.llama2_70b_lora.fp8_frozen import store_base_in_fp8
 
             store_base_in_fp8(model)
-        self.model = wrap_ddp([model], self.config, distributed_optimizer=False,
-                              grad_reduce_in_fp32=t.grad_reduce_in_fp32)
+        self.model = parallelize(model, self.config, t)
         # Only the adapters require grad, so only they reach the optimizer (ReplicatedAdamW / megatron's).
         self.optimizer = build_optimizer(self.model, replace(o, min_lr_ratio=0.0), self.config,
                                          distributed_optimizer=t.distributed_optimizer and torch.cuda.is_available())
@@ -154,18 +161,10 @@ class LlamaLoraBenchmark(Benchmark):
         dev = self.ctx.device
         tokens, targets, mask = (torch.from_numpy(np.stack(x)) for x in zip(*rows))
         if self.cp > 1:
-            tokens, targets, mask = (self._cp_slice(x) for x in (tokens, targets, mask))
+            rank = cp_rank()
+            tokens, targets, mask = (cp_slice(x, self.cp, rank) for x in (tokens, targets, mask))
         return {"tokens": tokens.to(dev, non_blocking=True), "labels": targets.to(dev, non_blocking=True),
                 "loss_mask": mask.to(dev, non_blocking=True)}
-
-    def _cp_slice(self, x: torch.Tensor) -> torch.Tensor:
-        """This CP rank's two of the 2*cp sequence chunks (r and 2cp-1-r: causal work balanced), as megatron's
-        CP attention and RoPE expect them."""
-        from megatron.core import parallel_state
-
-        cp, r = self.cp, parallel_state.get_context_parallel_rank()
-        chunks = x.view(x.shape[0], 2 * cp, -1)
-        return torch.cat([chunks[:, r], chunks[:, 2 * cp - 1 - r]], dim=1)
 
     def _sample_index(self, position: int) -> int:
         """The training row at global position `position`: epoch e = position // rows is the (seed, e)
@@ -207,10 +206,8 @@ class LlamaLoraBenchmark(Benchmark):
         sums = (losses.float() * loss_mask).sum(1)
         counts = loss_mask.sum(1)
         if self.cp > 1:
-            from megatron.core import parallel_state
-
             counts = counts.clone()
-            dist.all_reduce(counts, group=parallel_state.get_context_parallel_group())
+            all_reduce_cp(counts)
         return sums / counts.clamp(min=1), counts > 0
 
     def _train_loss(self, loss_mask, losses):
@@ -218,9 +215,7 @@ class LlamaLoraBenchmark(Benchmark):
         loss = per_seq.mean()
         report = loss.detach().clone()
         if self.cp > 1:
-            from megatron.core import parallel_state
-
-            dist.all_reduce(report, group=parallel_state.get_context_parallel_group())
+            all_reduce_cp(report)
         # clone: the schedule divides the returned loss by the micro-batch count in place.
         return loss, {"lm loss": report}
 
@@ -256,9 +251,7 @@ class LlamaLoraBenchmark(Benchmark):
         sums[0] = sum(d["sum"] for d in out)
         sums[1] = sum(d["count"] for d in out)
         if self.cp > 1:  # each CP rank holds its part of every sequence's mean; the count is whole on each
-            from megatron.core import parallel_state
-
-            dist.all_reduce(sums[:1], group=parallel_state.get_context_parallel_group())
+            all_reduce_cp(sums[:1])
         return sums
 
     def evaluate(self) -> float:

@@ -7,8 +7,8 @@ per TP shard), no biases, untied input embedding and output layer, no dropout in
 
 Megatron's local (non-TE) spec, with our pieces: kernels.rms_norm's RMSNorm with megatron's constructor (it
 marks its weight for SP's TP grad all-reduce, which megatron's torch norm wrapper refuses to do), torch SDPA
-core attention (models/gpt3/model.py: no s x s scores at 8192 tokens; under context parallelism an
-all-gather of K/V over the CP group, ContextParallelSdpaAttention), the vocab-parallel cross-entropy
+core attention (models/gpt3/model.py: no s x s scores at 8192 tokens; the benchmark passes the subclass that
+also runs under context parallelism, models/llama2_70b_lora/parallelize.py), the vocab-parallel cross-entropy
 kernel (KernelGPTModel), and the LoRA linears of models/llama2_70b_lora/lora.py over megatron's TP linears or,
 with precision fp8 and no TE, over FP8-stored frozen linears (models/llama2_70b_lora/fp8_frozen.py: the base
 cast to e4m3 once after loading, `store_base_in_fp8`). The base is frozen: only
@@ -17,14 +17,10 @@ the adapters' parameters require grad. With TE importable (CUDA), TE's spec with
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
@@ -41,54 +37,13 @@ from runtime.mcore.layers import (
 )
 
 
-class ContextParallelSdpaAttention(SdpaDotProductAttention):
-    """SDPA core attention that also runs under context parallelism without TE (megatron's own CP is TE's
-    ring attention). Each CP rank holds two of the sequence's 2*cp chunks (r and 2cp-1-r, megatron's load
-    balance, which GPTModel's RoPE slicing and the benchmark's batch slicing follow); keys and values are
-    all-gathered over the CP group (backward: reduce-scattered) and each local query attends to the gathered
-    keys at positions up to its own. All-gather CP (as Llama 3's training does) rather than a ring: the
-    same mathematics, simpler, with K/V of the whole sequence in memory at once."""
-
-    def __init__(self, config: TransformerConfig, *args, **kwargs):
-        local = copy.copy(config)
-        local.context_parallel_size = 1  # DotProductAttention refuses CP; this class does it itself
-        super().__init__(local, *args, **kwargs)
-        self.cp = config.context_parallel_size
-
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
-        if self.cp == 1:
-            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
-                                   packed_seq_params)
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("context-parallel SDPA attention: no packed sequences or attention bias")
-        group = parallel_state.get_context_parallel_group()
-        key = gather_from_sequence_parallel_region(key, group=group)
-        value = gather_from_sequence_parallel_region(value, group=group)
-        groups = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
-        if groups > 1:
-            key, value = key.repeat_interleave(groups, dim=2), value.repeat_interleave(groups, dim=2)
-        chunk = query.shape[0] // 2
-        positions = [_cp_positions(r, self.cp, chunk, query.device) for r in range(self.cp)]
-        allowed = positions[parallel_state.get_context_parallel_rank()][:, None] >= torch.cat(positions)[None, :]
-        s, b = query.shape[0], query.shape[1]
-        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
-        p = self.attention_dropout.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=self.softmax_scale)
-        return out.permute(2, 0, 1, 3).reshape(s, b, self.hidden_size_per_partition)
-
-
-def _cp_positions(rank: int, cp: int, chunk: int, device) -> torch.Tensor:
-    """Sequence positions of CP rank `rank`'s tokens: chunks rank and 2cp-1-rank of length `chunk`."""
-    return torch.cat([torch.arange(rank * chunk, (rank + 1) * chunk, device=device),
-                      torch.arange((2 * cp - 1 - rank) * chunk, (2 * cp - rank) * chunk, device=device)])
-
-
 def lora_settings(m: ModelConfig) -> LoraSettings:
     return LoraSettings(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout)
 
 
-def layer_spec(m: ModelConfig, use_te: bool) -> ModuleSpec:
+def layer_spec(m: ModelConfig, use_te: bool, core_attention=SdpaDotProductAttention) -> ModuleSpec:
+    """TE's layer spec with the adapters, or the local one with our kernels and `core_attention` (the layout's:
+    SdpaDotProductAttention refuses context parallelism)."""
     if use_te:
         from megatron.core.extensions.transformer_engine import TEColumnParallelLinear, TENorm, TERowParallelLinear
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
@@ -102,7 +57,7 @@ def layer_spec(m: ModelConfig, use_te: bool) -> ModuleSpec:
         attn.linear_qkv, attn.linear_proj = column, row
         return spec
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-    spec.submodules.self_attention.submodules.core_attention = ContextParallelSdpaAttention
+    spec.submodules.self_attention.submodules.core_attention = core_attention
     spec.submodules.self_attn_bda = bias_dropout_add_builder
     spec.submodules.mlp_bda = bias_dropout_add_builder
     spec.submodules.input_layernorm = MegatronRMSNorm
@@ -123,8 +78,8 @@ def layer_spec(m: ModelConfig, use_te: bool) -> ModuleSpec:
     return spec
 
 
-def block_spec(m: ModelConfig, use_te: bool):
-    spec = layer_spec(m, use_te)
+def block_spec(m: ModelConfig, use_te: bool, core_attention=SdpaDotProductAttention):
+    spec = layer_spec(m, use_te, core_attention)
     if use_te:
         return spec
     # Our norm for the final norm too (megatron would build its torch wrapper there, which refuses SP).
@@ -174,12 +129,13 @@ def transformer_config(m: ModelConfig, t: TrainConfig, *, tp: int, pp: int = 1, 
     return TransformerConfig(**kwargs)
 
 
-def build_model(m: ModelConfig, config: TransformerConfig, use_te: bool | None = None) -> GPTModel:
+def build_model(m: ModelConfig, config: TransformerConfig, use_te: bool | None = None,
+                core_attention=SdpaDotProductAttention) -> GPTModel:
     """The whole model (one pipeline stage): base weights frozen, LoRA adapters trainable."""
     use_te = te_available() if use_te is None else use_te
     model_cls = GPTModel if use_te else KernelGPTModel  # TE's path as megatron builds it
-    model = model_cls(config=config, transformer_layer_spec=block_spec(m, use_te), vocab_size=m.vocab_size,
-                      max_sequence_length=m.seq_length, pre_process=True, post_process=True,
+    model = model_cls(config=config, transformer_layer_spec=block_spec(m, use_te, core_attention),
+                      vocab_size=m.vocab_size, max_sequence_length=m.seq_length, pre_process=True, post_process=True,
                       share_embeddings_and_output_weights=False, position_embedding_type="rope",
                       rotary_percent=1.0, rotary_base=int(m.rope_theta), parallel_output=True)
     for name, p in model.named_parameters():

@@ -16,7 +16,8 @@ import torch.distributed as dist
 import zarr
 
 from models.gpt3.config import debug
-from models.gpt3.model import build_model_chunks, transformer_config
+from models.gpt3.model import transformer_config
+from models.gpt3.parallelize import build_model_chunks
 from models.gpt3.reference_checkpoint import load_reference_checkpoint
 from runtime.mcore.parallelize import build_optimizer, init_megatron, wrap_ddp
 from runtime.parallel import ParallelLayout

@@ -72,7 +72,8 @@ def test_bias_dropout_add_drops_and_rescales_in_training(monkeypatch):
 def _tiny_model():
     """A 2-layer, sequence-16 GPT-3 of the debug flavour's width, built as the benchmark builds it (TP=1)."""
     from models.gpt3.config import debug
-    from models.gpt3.model import KernelGPTModel, build_model_chunks, transformer_config
+    from models.gpt3.model import KernelGPTModel, transformer_config
+    from models.gpt3.parallelize import build_model_chunks
     from runtime.mcore.parallelize import init_megatron
     from runtime.parallel import ParallelLayout
 

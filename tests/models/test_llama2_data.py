@@ -1,5 +1,5 @@
-"""GovReport's on-disk forms (pipelines/govreport/format.py): what the reader returns, and the errors bad files
-give (naming the file and what is wrong), for the parquet files and the plain-array npy form."""
+"""GovReport's on-disk forms (pipelines/govreport/format.py, synthetic.py): what the reader returns, and the
+errors bad files give (naming the file and what is wrong), for the parquet files and the plain-array npy form."""
 
 from __future__ import annotations
 
@@ -9,18 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.govreport.format import (
-    EOS,
-    FIRST_CONTENT,
     FormatError,
     read_npy,
     read_parquet,
     read_split,
-    synthetic_rows,
     write_npy,
     write_parquet,
-    write_synthetic,
 )
 from pipelines.govreport.prepare.convert_to_npy import convert
+from pipelines.govreport.synthetic import EOS, FIRST_CONTENT, synthetic_rows, write_synthetic
 
 S = 16
 

@@ -88,3 +88,17 @@ def test_fp8_base_gemms_under_the_adapters(base_dir):
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     finally:
         destroy_megatron()
+
+
+def test_context_parallel_split_balances_the_causal_work():
+    """parallelize.py's CP split: with cp=2 a 8-token row is chunks [0,1] [2,3] [4,5] [6,7]; rank 0 holds the
+    first and last, rank 1 the middle two (hand-computed), and the attention's positions say the same."""
+    from models.llama2_70b_lora.parallelize import cp_positions, cp_slice
+
+    row = torch.arange(8).view(1, 8) * 10
+    assert cp_slice(row, 2, 0).tolist() == [[0, 10, 60, 70]]
+    assert cp_slice(row, 2, 1).tolist() == [[20, 30, 40, 50]]
+    for rank in range(2):
+        assert (cp_slice(row, 2, rank)[0] // 10).tolist() == cp_positions(rank, 2, 2, "cpu").tolist()
+    # every position exactly once over the ranks
+    assert sorted(torch.cat([cp_positions(r, 4, 3, "cpu") for r in range(4)]).tolist()) == list(range(24))

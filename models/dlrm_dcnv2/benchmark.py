@@ -24,6 +24,7 @@ from pipelines.criteo.format import NUM_DENSE, sparse_feature_names
 from runtime import checkpoint, schedule
 from runtime.benchmark import Benchmark, RunContext
 from runtime.precision import autocast, autocast_dtype
+from runtime.safe_dcp import SafeFileSystemReader
 from runtime.schedule import Block
 
 
@@ -289,7 +290,7 @@ class DLRMBenchmark(Benchmark):
         replicated = checkpoint.load(os.path.join(path, self._REPLICATED))
         check(replicated, path)
         state = self._sharded_state()
-        dcp.load(state, checkpoint_id=path)  # in place, into this run's own shards
+        dcp.load(state, storage_reader=SafeFileSystemReader(path))  # in place, into this run's own shards
         self.model.load_state_dict(state["model"])
         self.model.fused_optimizer.load_state_dict(state["fused_optimizer"])
         self.dense_optimizer.load_state_dict(replicated["dense_optimizer"])

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from runtime import checkpoint
+from runtime.safe_dcp import safe_megatron_reads
 
 LATEST = checkpoint.STEP_POINTER
 
@@ -53,7 +54,8 @@ def load(directory: str, chunks, optimizer, check, keep=None) -> dict | None:
     if "common" not in common:
         raise RuntimeError(f"checkpoint {path}: missing key 'common' (not written by this benchmark?)")
     check(common["common"], path)
-    state = dist_checkpointing.load(sharded_state(chunks, optimizer, is_loading=True, keep=keep), path)
+    with safe_megatron_reads():  # its .metadata read without unpickling arbitrary objects
+        state = dist_checkpointing.load(sharded_state(chunks, optimizer, is_loading=True, keep=keep), path)
     for i, chunk in enumerate(chunks):
         if keep is None:
             chunk.module.load_state_dict(state[f"model{i}"])

@@ -149,19 +149,26 @@ def _shard_records(num_records: int, rank: int, world_size: int) -> range:
 
 class DaliLoader:
     """Same interface as loader.ImageNetLoader: num_samples, steps_per_epoch (= len), local_samples,
-    local_batch_size, set_epoch (a no-op: DALI's reader keeps its own order), iteration.
+    local_batch_size, set_epoch, iteration.
+
+    DALI's reader keeps its own shuffled order from epoch to epoch, a state no checkpoint holds. So a process that
+    starts at a later epoch or mid-epoch (a resumed run; the first set_epoch says so) rebuilds its train pipeline
+    with a seed of (seed, epoch) instead of replaying epoch 0's order, and yields only the rest of that epoch's
+    steps without reading the skipped ones (decoding them would cost up to an epoch of JPEGs in the timed
+    region). Its samples are then a fresh draw, not the uninterrupted run's: resumed runs are not submitted.
 
     The shards' CRCs were checked when the index was built (build_index(verify=True)). DALI cannot
     always say which record broke it (e.g. a JPEG that does not decode); when the pipeline fails,
     this rank's records are read with the checking reader so the error names the file."""
 
     def __init__(self, pipe, index: RecordIndex, *, rank: int, world_size: int, steps_per_epoch: int,
-                 local_samples: int, local_batch_size: int):
+                 local_samples: int, local_batch_size: int, reseed=None):
         self._pipe, self._index = pipe, index
         self._records = _shard_records(len(index), rank, world_size)
         self.num_samples, self.steps_per_epoch = len(index), steps_per_epoch
         self.local_samples, self.local_batch_size = local_samples, local_batch_size
-        self._skip = 0
+        self._reseed = reseed  # epoch -> a pipeline seeded for it (train); None: the order never matters (eval)
+        self._skip, self._started = 0, False
 
     def _run(self):
         try:
@@ -172,21 +179,21 @@ class DaliLoader:
             raise dali_error
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """DALI's reader keeps its own order, so only `start_step` (resuming mid-epoch) matters: that
-        many batches are drawn and dropped, which keeps the reader's position where it would have been."""
+        if not 0 <= start_step < self.steps_per_epoch:
+            raise ValueError(f"start_step {start_step} outside an epoch of {self.steps_per_epoch} steps")
+        if not self._started and (epoch or start_step) and self._reseed is not None:
+            self._pipe = self._reseed(epoch)
+        self._started = True
         self._skip = start_step
 
     def __len__(self) -> int:
         return self.steps_per_epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        remaining = self.local_samples
         skip, self._skip = self._skip, 0
-        for step in range(self.steps_per_epoch):
+        remaining = self.local_samples - skip * self.local_batch_size
+        for _ in range(skip, self.steps_per_epoch):
             images_tl, labels_tl, source_info_tl = self._run()
-            if step < skip:
-                remaining -= self.local_batch_size
-                continue
             images, labels = to_torch(images_tl), _labels(labels_tl, source_info_tl)
             keep = min(remaining, self.local_batch_size)  # eval: drop the reader's padding
             remaining -= keep
@@ -203,13 +210,17 @@ def build_dali_train_loader(data_dir: str, *, global_batch_size: int, rank: int,
         raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
                          f"world_size {world_size} and at most {len(index)} records")
     local_batch_size = global_batch_size // world_size
-    pipe = _pipeline(_train_graph, index, batch_size=local_batch_size, rank=rank, world_size=world_size,
-                     train=True, seed=seed, num_threads=num_threads, device=device,
-                     prefetch_queue_depth=prefetch_queue_depth,
-                     shuffle_buffer=min(shuffle_buffer, len(index) // world_size), image_size=image_size)
+
+    def pipeline(pipe_seed: int):
+        return _pipeline(_train_graph, index, batch_size=local_batch_size, rank=rank, world_size=world_size,
+                         train=True, seed=pipe_seed, num_threads=num_threads, device=device,
+                         prefetch_queue_depth=prefetch_queue_depth,
+                         shuffle_buffer=min(shuffle_buffer, len(index) // world_size), image_size=image_size)
+
     steps = len(index) // global_batch_size
-    return DaliLoader(pipe, index, rank=rank, world_size=world_size, steps_per_epoch=steps,
-                      local_samples=steps * local_batch_size, local_batch_size=local_batch_size)
+    return DaliLoader(pipeline(seed), index, rank=rank, world_size=world_size, steps_per_epoch=steps,
+                      local_samples=steps * local_batch_size, local_batch_size=local_batch_size,
+                      reseed=lambda epoch: pipeline((seed * 1_000_003 + epoch) % 2**31))
 
 
 def build_dali_eval_loader(data_dir: str, *, batch_size: int, rank: int, world_size: int,

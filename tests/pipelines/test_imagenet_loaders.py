@@ -266,6 +266,38 @@ def test_dali_train_tensors(data_dir, tmp_path):
     assert (stripes_are_vertical(images) == labels % 2).float().mean() >= 0.9
 
 
+def test_dali_train_resume_draws_afresh_and_reads_only_what_is_left(data_dir, tmp_path):
+    """DALI's reader order lives in the pipeline, not in any checkpoint: a resumed process (first set_epoch at epoch
+    1, step 2) must not replay epoch 0's order from its start, and must not decode the 2 skipped batches."""
+    pytest.importorskip("nvidia.dali")
+    from pipelines.imagenet.dali import build_dali_train_loader
+
+    def loader():
+        return build_dali_train_loader(data_dir, global_batch_size=4, rank=0, world_size=1, image_size=IMAGE_SIZE,
+                                       seed=0, index_dir=str(tmp_path), num_threads=1, device="cpu")
+
+    fresh = loader()
+    fresh.set_epoch(0)
+    epoch0 = [labels for _, labels in fresh]
+
+    class Counting:
+        def __init__(self, pipe):
+            self.pipe, self.runs = pipe, 0
+
+        def run(self):
+            self.runs += 1
+            return self.pipe.run()
+
+    resumed = loader()
+    resumed.set_epoch(1, start_step=2)
+    resumed._pipe = counting = Counting(resumed._pipe)
+    rest = [labels for _, labels in resumed]
+    assert len(rest) == len(epoch0) - 2 == counting.runs
+    assert any(not torch.equal(a, b) for a, b in zip(rest, epoch0[2:]))  # not epoch 0's order replayed
+    with pytest.raises(ValueError, match="start_step 10 outside an epoch of 10 steps"):
+        resumed.set_epoch(1, start_step=len(epoch0))
+
+
 # Only beside a labelled record is this guaranteed: DALI 2.4 fills a missing int64 feature of a batch with
 # stale memory, so a batch of unlabelled records alone is caught only when that memory is out of range
 # (nondeterministic; a CI run saw it in range). verify_dataset.sh is the guard for that case.

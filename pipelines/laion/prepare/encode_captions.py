@@ -80,7 +80,10 @@ def main(argv=None) -> int:
         return 2
     ckpt = cfg.data.sd_checkpoint if os.path.isabs(cfg.data.sd_checkpoint) else \
         os.path.join(args.data_dir, cfg.data.sd_checkpoint)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # One process per GPU (torchrun / srun set LOCAL_RANK / SLURM_LOCALID): each on its own device
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    device = torch.device("cuda", local % torch.cuda.device_count()) if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     encoder = text_encoder(cfg.model, split_checkpoint(load_ldm_checkpoint(ckpt), ckpt), ckpt).to(device)
     width = encoder.tower.ln_final.normalized_shape[0]
     if width != cfg.model.unet.context_dim:

@@ -9,7 +9,9 @@ Two loaders, the same batches' shape: this rank's (moments (b, 8, h, w) float32,
   flavour's parity and resume checks need. It refuses a dataset too large to hold.
 - `StreamingMoments` ("stream"): the reference's pipeline: `WebDataset(resampled=True)` (shards drawn with
   replacement, no epochs), a shuffle buffer of 1000, batched per rank in DataLoader workers, each rank and
-  worker seeded differently. Not reproducible across layouts, as the reference is not.
+  worker seeded differently. Not reproducible across layouts, as the reference is not. The stream is seeded
+  from (seed, rank, the first step asked for), so a resumed run draws on instead of replaying the samples its
+  first attempt trained on.
 """
 
 from __future__ import annotations
@@ -86,13 +88,20 @@ class StreamingMoments:
         self.urls = shard_paths(data_dir, encoded=context_dim is not None)
         self.num_samples = num_samples  # the reference's fixed count; a stream has no size of its own
         self.local = global_batch_size // world_size
-        pipeline = _raw_stream(self.urls, seed * 7919 + rank, shuffle_buffer, latent_size, self.local, context_dim)
-        self.loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
-                                                  persistent_workers=num_workers > 0)
-        self._iter = None
+        self._stream = dict(latent_size=latent_size, shuffle_buffer=shuffle_buffer, context_dim=context_dim)
+        self.seed, self.rank, self.num_workers = seed, rank, num_workers
+        self.loader, self._iter = None, None
+
+    def stream_seed(self, first_step: int) -> int:
+        return int(np.random.SeedSequence([self.seed, self.rank, first_step]).generate_state(1)[0])
 
     def batch(self, step: int):
-        if self._iter is None:
+        if self._iter is None:  # the stream starts at the first step asked for: 0, or where a resumed run begins
+            s = self._stream
+            pipeline = _raw_stream(self.urls, self.stream_seed(step), s["shuffle_buffer"], s["latent_size"],
+                                   self.local, s["context_dim"])
+            self.loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=self.num_workers,
+                                                      persistent_workers=self.num_workers > 0)
             self._iter = iter(self.loader)
         return next(self._iter)
 

@@ -128,3 +128,23 @@ def test_streaming_loader_resamples_shards_into_local_batches(tmp_path):
         seen.update(c)
     assert len(seen) > 10
     loader.close()
+
+
+def test_a_resumed_stream_draws_on_instead_of_replaying_its_first_attempt(tmp_path):
+    """The stream has no position a checkpoint could hold: a process whose first step is 6 (a resumed run) is
+    seeded from that step; one starting at 0 gives the same batches every time (seeded by seed, rank)."""
+    from pipelines.laion.loader import StreamingMoments
+
+    samples = [(f"{i:04d}", _moments(float(i)), f"caption {i}") for i in range(60)]
+    fmt.write_shard(str(tmp_path / fmt.SHARD_DIR / "00000.tar"), samples[:30])
+    fmt.write_shard(str(tmp_path / fmt.SHARD_DIR / "00001.tar"), samples[30:])
+
+    def captions(first_step, steps=6):
+        loader = StreamingMoments(str(tmp_path), latent_size=4, global_batch_size=4, rank=0, world_size=1, seed=3,
+                                  num_workers=0, shuffle_buffer=10, num_samples=60)
+        out = [c for step in range(first_step, first_step + steps) for c in loader.batch(step)[1]]
+        loader.close()
+        return out
+
+    assert captions(0) == captions(0)
+    assert captions(6) != captions(0)

@@ -7,7 +7,8 @@ the outputs on rank 0), hands the scoring to a worker, and returns a `PendingEva
 run loop logs `eval_stop` at once and `eval_accuracy` when the score arrives (runtime/loop.py).
 
 Every rank polls at the same points (the loop's sync points), so every rank learns of a score, and so
-decides to stop, at the same step.
+decides to stop, at the same step. A score may come with `extras`: numbers that every rank learns with it
+(Stable Diffusion's FID and CLIP behind its one pass/fail value), for the benchmark's eval_accuracy lines.
 """
 
 from __future__ import annotations
@@ -24,27 +25,48 @@ _PENDING, _DONE, _FAILED = 0.0, 1.0, 2.0
 
 
 class PendingEval:
-    """The score of one evaluation, computed by rank 0's worker; `None` on the other ranks."""
+    """The score of one evaluation, computed by rank 0's worker; `None` on the other ranks.
 
-    def __init__(self, future: concurrent.futures.Future | None, *, world_size: int, device: torch.device):
+    With `extras=n` the worker's result is a sequence (score, n more numbers); `poll` still returns the score,
+    and `extras` holds the n numbers on every rank once it has arrived."""
+
+    def __init__(self, future: concurrent.futures.Future | None, *, world_size: int, device: torch.device,
+                 extras: int = 0):
         self._future = future
         self._world_size = world_size
         self._device = device
+        self._n_extras = extras
+        self.extras: tuple[float, ...] | None = None
+
+    def _values(self) -> list[float]:
+        result = self._future.result()
+        if not self._n_extras:
+            return [float(result)]
+        values = [float(v) for v in result]
+        if len(values) != 1 + self._n_extras:
+            raise ValueError(f"the scorer returned {len(values)} numbers, expected the score and "
+                             f"{self._n_extras} extras")
+        return values
 
     def poll(self, wait: bool) -> float | None:
         """The score once rank 0 has it (all ranks call this together), else None; `wait` blocks for it."""
-        state = torch.tensor([_PENDING, float("nan")], dtype=torch.float64, device=self._device)
+        state = torch.full((2 + self._n_extras,), float("nan"), dtype=torch.float64, device=self._device)
+        state[0] = _PENDING
         error = None
         if self._future is not None and (wait or self._future.done()):
             try:
-                state[:] = torch.tensor([_DONE, float(self._future.result())], dtype=torch.float64)
+                state[:] = torch.tensor([_DONE, *self._values()], dtype=torch.float64)
             except Exception as e:  # a failed scorer must fail every rank, not leave them in the broadcast
                 state[0], error = _FAILED, e
         if self._world_size > 1:
             dist.broadcast(state, src=0)
         if state[0] == _FAILED:
             raise RuntimeError(f"background scoring failed{f': {error}' if error else ' on rank 0'}") from error
-        return float(state[1]) if state[0] == _DONE else None
+        if state[0] != _DONE:
+            return None
+        values = state.tolist()
+        self.extras = tuple(values[2:])
+        return values[1]
 
 
 class BackgroundScorer:
@@ -78,9 +100,19 @@ class BackgroundScorer:
         self.start()
         return self._executor.submit(fn, *args)
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """Stop the worker once it is idle; with `abandon`, at once, dropping a score it is still computing
+        (one the finished run will never log: the interpreter would otherwise wait for it at exit)."""
         if self._executor is not None:
+            workers = list((self._executor._processes or {}).values()) if abandon else []
             self._executor.shutdown(wait=False, cancel_futures=True)
+            for process in workers:  # SIGTERM from its parent: the one the worker obeys (_init_worker)
+                process.terminate()
+            for process in workers:
+                process.join(timeout=60)
+                if process.is_alive():  # not answering its parent's SIGTERM: no orphan left behind either way
+                    process.kill()
+                    process.join()
             self._executor = None
 
 

@@ -17,10 +17,19 @@ train.eval_mode=offline (the real flavours, as NVIDIA's): no evaluation during t
 checkpoint is kept (written in the background too) and, once the budget is spent, the checkpoints are evaluated
 in order and reported as the rules ask (offline_eval.py); run_stop carries the time at which the first passing
 one was taken. `python -m models.stable_diffusion.evaluate_checkpoints` evaluates them elsewhere.
+
+train.eval_mode=overlapped: each checkpoint's UNet is kept the same way and rank 0's background process (runtime/
+pending_eval.py) evaluates it from the file with the offline code while training continues; evaluate() returns a
+PendingEval whose score (the pass ratio, with FID and CLIP as extras) the loop logs at its first sync point after
+the score arrived, stopping the run there when it passes. run_stop carries the loop's stop time, not the passing
+checkpoint's: the conservative choice of the two the rules allow (it counts the evaluation's latency and the training
+done meanwhile), and the same rule as SSD's background scoring.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import math
 import os
 import threading
@@ -51,8 +60,10 @@ from runtime.benchmark import OfflineVerdict, RunContext
 from runtime.data_parallel import unwrap
 from runtime.data_parallel_benchmark import DataParallelBenchmark
 from runtime.mlperf_log import now_ms
+from runtime.pending_eval import BackgroundScorer, PendingEval
 from runtime.schedule import Block
 
+EVAL_MODES = ("inline", "offline", "overlapped")
 WARMUP_START_FACTOR = 1e-6  # LDM's LambdaLinearScheduler starts the warm-up here
 
 
@@ -102,8 +113,13 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
             raise ValueError(f"data.loader={d.loader!r}: expected 'stream' or 'indexed'")
         if e.eta != 0.0:
             raise ValueError(f"eval.eta={e.eta}: the sampler is deterministic DDIM (eta 0)")
-        if t.eval_mode not in ("inline", "offline"):
-            raise ValueError(f"train.eval_mode={t.eval_mode!r}: expected 'inline' or 'offline'")
+        if t.eval_mode not in EVAL_MODES:
+            raise ValueError(f"train.eval_mode={t.eval_mode!r}: expected one of {EVAL_MODES}")
+        if t.eval_mode == "overlapped" and cfg.run.checkpoint_every_blocks:
+            # the loop awaits every pending score before a resume checkpoint: evaluation would stall training
+            raise ValueError(f"train.eval_mode=overlapped with run.checkpoint_every_blocks="
+                             f"{cfg.run.checkpoint_every_blocks}: each checkpoint would wait for its evaluation; "
+                             f"set run.checkpoint_every_blocks=0 (a SIGTERM still saves one)")
         if e.offline_report not in offline_eval.REPORT_RULES:
             raise ValueError(f"eval.offline_report={e.offline_report!r}: expected one of {offline_eval.REPORT_RULES}")
         if t.max_images < t.checkpoint_every_images:
@@ -122,6 +138,8 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         self._steps_done = 0
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
+        self._scorer: BackgroundScorer | None = None  # rank 0's, train.eval_mode=overlapped
+        self._overlapped: collections.deque = collections.deque()  # (samples, PendingEval) not yet logged
 
     # -- frozen networks (loaded on first use: the warm-up, untimed, or the first step) --------------------
     def frozen(self) -> dict:
@@ -231,7 +249,9 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         return torch.stack([cosines.sum(), torch.tensor(float(len(batch)), dtype=torch.float64,
                                                         device=self.ctx.device)])
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> float | PendingEval:
+        if self.cfg.train.eval_mode == "overlapped":
+            return self._evaluate_overlapped()
         e = self.cfg.eval
         fid, clip = self.fid_and_clip()
         samples = self._steps_done * self.global_batch_size
@@ -275,9 +295,44 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         return frechet_distance(mu, sigma, *self.eval_data["stats"]), float(totals[0] / totals[1])
 
     def eval_accuracy_lines(self, value: float) -> list[tuple[float, dict]]:
-        """FID and CLIP of the last evaluation, a line each (what the checker aggregates per samples_count)."""
+        """FID and CLIP of the last evaluation, a line each (what the checker aggregates per samples_count); in
+        overlapped mode of the oldest evaluation not yet logged (the loop logs scores in evaluation order)."""
+        if self.cfg.train.eval_mode == "overlapped":
+            if not self._overlapped or self._overlapped[0][1].extras is None:
+                raise RuntimeError("eval_accuracy_lines: no arrived overlapped evaluation to log")
+            samples, pending = self._overlapped.popleft()
+            fid, clip = pending.extras
+            if self.ctx.is_main:
+                e = self.cfg.eval
+                print(f"eval of the checkpoint of {samples} images: FID {fid:.4f} (target <= {e.fid_target}), "
+                      f"CLIP {clip:.4f} (target >= {e.clip_target})", flush=True)
+            self._scores = {"FID": fid, "CLIP": clip, "samples_count": samples}
         samples = self._scores["samples_count"]
         return [(self._scores[m], {"metric": m, "samples_count": samples}) for m in ("FID", "CLIP")]
+
+    def _evaluate_overlapped(self) -> PendingEval:
+        """Keep this checkpoint's UNet (written in the background) and have rank 0's scorer evaluate the file while
+        training continues; every rank learns the score, FID and CLIP at the same sync point (PendingEval)."""
+        samples, future = self._steps_done * self.global_batch_size, None
+        if self.ctx.is_main:
+            future = concurrent.futures.Future()
+            unet = _host_copy(unwrap(self.model).state_dict())  # synchronises with the device: the step is done
+            # timed_seconds: None, run_stop does not take this checkpoint's time in this mode
+            meta = {"samples_count": samples, "step": self._steps_done, "time_ms": now_ms(), "timed_seconds": None}
+            directory, scorer = self.offline_checkpoint_dir(), self._scorer
+
+            def write_then_score():
+                try:
+                    offline_eval.write_checkpoint(directory, unet, meta)
+                    entry = {**meta, "path": offline_eval.checkpoint_stem(directory, samples) + ".pt"}
+                    _forward(scorer.submit(offline_eval.score_checkpoint, entry), future)
+                except Exception as e:  # the loop's next poll fails every rank with it
+                    future.set_exception(e)
+
+            self._write_in_background(write_then_score)
+        pending = PendingEval(future, world_size=self.ctx.launch.world_size, device=self.ctx.device, extras=2)
+        self._overlapped.append((samples, pending))
+        return pending
 
     # -- data and blocks -------------------------------------------------------------------------------
     def open_data(self) -> dict:
@@ -293,6 +348,10 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
             self.train_data = StreamingMoments(ctx.data_dir, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
                                                num_samples=d.train_samples, **common)
         prompts = self.open_eval_data()
+        if self.cfg.train.eval_mode == "overlapped" and ctx.is_main:  # its start-up overlaps the first block
+            self._scorer = BackgroundScorer(offline_eval.start_scorer,
+                                            (self.cfg, ctx.data_dir, self.offline_checkpoint_dir(), str(ctx.device)))
+            self._scorer.start()
         return self.check_sizes({"train_samples": self.train_data.num_samples, "eval_samples": len(prompts)})
 
     def open_eval_data(self) -> list[str]:
@@ -329,7 +388,8 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         self._writer = threading.Thread(target=run, name="checkpoint-writer", daemon=False)
         self._writer.start()
 
-    # -- offline evaluation (train.eval_mode=offline; models/stable_diffusion/offline_eval.py) ---------------
+    # -- offline evaluation (train.eval_mode=offline; models/stable_diffusion/offline_eval.py); its checkpoint
+    # directory also holds the overlapped mode's checkpoints ----------------------------------------------------
     def evaluates_offline(self) -> bool:
         return self.cfg.train.eval_mode == "offline"
 
@@ -367,6 +427,9 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         if close is not None:
             close()
         self.wait_for_checkpoint()
+        if self._scorer is not None:  # a score still computing is of a checkpoint the finished run will not log
+            self._scorer.close(abandon=True)
+            self._scorer = None
 
 
 def _host_copy(value):
@@ -377,6 +440,19 @@ def _host_copy(value):
     if isinstance(value, (list, tuple)):
         return type(value)(_host_copy(v) for v in value)
     return value
+
+
+def _forward(source: concurrent.futures.Future, target: concurrent.futures.Future) -> None:
+    """`target` gets `source`'s outcome when it has one."""
+    def done(f: concurrent.futures.Future) -> None:
+        if f.cancelled():
+            target.cancel()
+        elif f.exception() is not None:
+            target.set_exception(f.exception())
+        else:
+            target.set_result(f.result())
+
+    source.add_done_callback(done)
 
 
 def pass_ratio(fid: float, clip: float, fid_target: float, clip_target: float) -> float:

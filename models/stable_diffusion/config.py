@@ -89,8 +89,8 @@ class EvalConfig:
     # the first passing checkpoint and the one before it (9 of a submission's 10 runs), or "all", every
     # checkpoint up to the first passing one (the tenth run). models/stable_diffusion/offline_eval.py.
     offline_report: str = "pair"
-    # Where train.eval_mode=offline keeps the UNet of each checkpoint (and scores.json, the scores found so far);
-    # empty: <run.checkpoint_dir, else the run directory>/unet_checkpoints. Every rank must see it.
+    # Where train.eval_mode=offline|overlapped keeps the UNet of each checkpoint (and scores.json, the scores found so
+    # far); empty: <run.checkpoint_dir, else the run directory>/unet_checkpoints. Every rank must see it.
     checkpoints: str = ""
 
 
@@ -115,7 +115,11 @@ class TrainConfig(base.TrainConfig):
     cpu_threads: int = 0
     # "inline": evaluate each checkpoint as it is taken and stop at the first passing one (the reference's
     # early stopping). "offline" (NVIDIA's v4.0): train to max_images keeping every checkpoint, then evaluate
-    # them in order; run_stop carries the time at which the first passing one was taken.
+    # them in order; run_stop carries the time at which the first passing one was taken. "overlapped": each kept
+    # checkpoint is evaluated by rank 0's background process (the offline code, one process on rank 0's device)
+    # while training continues; its FID and CLIP are logged at the first sync point after they arrive and the run
+    # stops there at the first passing one, run_stop at that (the loop's) time, the conservative choice. Needs
+    # run.checkpoint_every_blocks=0 (a resume checkpoint awaits every pending score).
     eval_mode: str = "inline"
 
 

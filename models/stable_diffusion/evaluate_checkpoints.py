@@ -1,5 +1,5 @@
-"""Evaluate the kept checkpoints of a Stable Diffusion run (train.eval_mode=offline), alone or under torchrun /
-srun / mpirun on other nodes, while the run trains or after it.
+"""Evaluate the kept checkpoints of a Stable Diffusion run (train.eval_mode=offline, or overlapped), alone or under
+torchrun / srun / mpirun on other nodes, while the run trains or after it.
 
     python -m models.stable_diffusion.evaluate_checkpoints --flavour dgxh100_1x8 --data-dir /data \\
         --run-dir /results/run0 [--all] [eval.offline_report=all ...]
@@ -64,9 +64,7 @@ def main(argv=None) -> int:
                      log=MLPerfLogger(None, enabled=False), run_dir=directory, data_dir=args.data_dir,
                      seed=cfg.run.seed or 0)  # the train seed plays no part in an evaluation
     try:
-        bench = SPEC.benchmark(cfg, ctx)
-        bench.open_eval_data()
-        bench.model.eval()
+        bench = offline_eval.evaluation_benchmark(cfg, ctx)
         with torch.no_grad():
             entries, chosen = offline_eval.score_checkpoints(bench, directory, cfg.eval.offline_report,
                                                              every=args.all)

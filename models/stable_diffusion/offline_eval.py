@@ -11,6 +11,10 @@ Reporting rule (spec: in 1 of 10 runs every checkpoint up to the first pass, in 
 one and the one before it): eval.offline_report "all" or "pair". The checker aggregates FID and CLIP per
 samples_count and wants at least two such points: when the very first checkpoint passes, "pair" reports it
 and the one after it.
+
+Overlapped evaluation (train.eval_mode=overlapped) scores the same checkpoint files with the same code in rank 0's
+background process while training continues: `start_scorer` builds that process's evaluation-only benchmark
+(`evaluation_benchmark`, as the standalone evaluator does) and `score_checkpoint` evaluates one checkpoint there.
 """
 
 from __future__ import annotations
@@ -190,3 +194,57 @@ def log_and_decide(bench, entries: list[dict], chosen: list[int]) -> OfflineVerd
                           position={"epoch_num": first["samples_count"], "samples_count": first["samples_count"]},
                           time_ms=first["time_ms"], timed_seconds=first["timed_seconds"],
                           samples=first["samples_count"])
+
+
+def evaluation_benchmark(cfg, ctx):
+    """A benchmark that only evaluates: its eval prompts and FID statistics read, the UNet in eval mode."""
+    from models.stable_diffusion import SPEC
+
+    bench = SPEC.benchmark(cfg, ctx)
+    bench.open_eval_data()
+    bench.model.eval()
+    return bench
+
+
+_SCORER_BENCH = None  # the scoring process's evaluation-only benchmark (overlapped evaluation)
+_SCORER_ERROR: Exception | None = None  # why it could not be built
+
+
+def start_scorer(cfg, data_dir: str, directory: str, device: str) -> None:
+    """Initializer of rank 0's background scorer: one process of its own, on the run's device. A failure is kept
+    for score_checkpoint to raise: a failed initializer would only break the pool, the reason lost."""
+    global _SCORER_ERROR
+    try:
+        _build_scorer(cfg, data_dir, directory, device)
+    except Exception as e:
+        _SCORER_ERROR = e
+
+
+def _build_scorer(cfg, data_dir: str, directory: str, device: str) -> None:
+    from models.stable_diffusion import SPEC
+    from runtime.benchmark import RunContext
+    from runtime.distributed import LaunchEnv
+    from runtime.mlperf_log import MLPerfLogger
+    from runtime.parallel import ParallelLayout
+
+    global _SCORER_BENCH
+    layout = ParallelLayout(1, 0)
+    layout.build_groups()
+    ctx = RunContext(SPEC, LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), layout, torch.device(device),
+                     MLPerfLogger(None, enabled=False), directory, data_dir, seed=0)  # the seed plays no part
+    _SCORER_BENCH = evaluation_benchmark(cfg, ctx)
+
+
+def score_checkpoint(entry: dict) -> tuple[float, float, float]:
+    """In the scoring process: (pass ratio, FID, CLIP) of the checkpoint `entry` (read_index's form), also put in
+    its directory's scores.json."""
+    from models.stable_diffusion.benchmark import pass_ratio
+
+    if _SCORER_ERROR is not None:
+        raise RuntimeError(f"the scoring process could not be set up: {_SCORER_ERROR}") from _SCORER_ERROR
+    bench, e = _SCORER_BENCH, _SCORER_BENCH.cfg.eval
+    load_unet(bench.model, entry["path"])
+    with torch.no_grad():
+        fid, clip = bench.fid_and_clip()
+    ScoreCache(os.path.dirname(entry["path"]), eval_settings(bench.cfg)).put(entry, fid, clip)
+    return pass_ratio(fid, clip, e.fid_target, e.clip_target), fid, clip

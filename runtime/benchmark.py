@@ -202,8 +202,10 @@ class Benchmark(abc.ABC):
         run_start over all attempts) for evaluate_offline."""
         raise NotImplementedError(f"{type(self).__name__} does not evaluate offline")
 
-    def evaluate_offline(self) -> OfflineVerdict:
-        """After the last block, on every rank: evaluate the kept checkpoints in order, log their eval lines."""
+    def evaluate_offline(self, preempted: Callable[[], bool] | None = None) -> OfflineVerdict | None:
+        """After the last block, on every rank: evaluate the kept checkpoints in order, log their eval lines.
+        `preempted()` (every rank together) is asked between checkpoints: when it is true, return None, and the
+        loop saves and exits 143 (a resumed run evaluates what is left)."""
         raise NotImplementedError(f"{type(self).__name__} does not evaluate offline")
 
     def check_sizes(self, found: dict) -> dict:

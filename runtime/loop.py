@@ -12,7 +12,9 @@ benchmark's hyperparameters, built the benchmark and warmed it up (untimed). The
     eval_accuracy at the first sync point after its score arrives; the run stops there if it met the target,
     mid-block. Pending scores are awaited before any checkpoint and before giving up at the budget's end
     a benchmark that evaluates offline (Benchmark.evaluates_offline: Stable Diffusion as NVIDIA runs it) keeps a
-    checkpoint at each block end instead, trains to the budget, then evaluates them and decides run_stop
+    checkpoint at each block end instead, trains to the budget, then evaluates them and decides run_stop; it
+    polls RunLoop.preempted between checkpoints and, on a SIGTERM, returns None: save and exit 143, the resumed
+    run evaluating what is left
     run_stop; train.py prints the RESULT line and writes the plot and summary
 
 Host syncs happen at sync points (every `run.log_every_steps` steps and at block ends): that is where the loss
@@ -231,7 +233,9 @@ class RunLoop:
                 self.save()
         else:  # the budget is spent: the scores still pending, or the offline evaluation, decide
             if offline:
-                verdict = bench.evaluate_offline()
+                verdict = bench.evaluate_offline(self.preempted)
+                if verdict is None:  # stopped by a SIGTERM between checkpoints: what it scored stays for the resume
+                    return self._preempted(t_start)
                 status, reason = verdict.status, verdict.reason
                 exit_code = EXIT_SUCCESS if status == constants.SUCCESS else EXIT_NOT_CONVERGED
                 return self._finish(status, reason, exit_code, t_start, verdict)
@@ -245,6 +249,11 @@ class RunLoop:
         poll_seconds = self.run_cfg.preempt_poll_seconds
         every = max(1, int(poll_seconds / max(step_seconds, 1e-9))) if poll_seconds > 0 else 0
         self.poll_every = every if every < self.run_cfg.log_every_steps else 0
+
+    def preempted(self) -> bool:
+        """A SIGTERM on any rank, agreed (every rank calls this together): what a long phase outside the train
+        steps (an offline evaluation) polls between its units of work."""
+        return _any_rank(self.ctx, self.preemption.requested)[0]
 
     def _preempted(self, t_start: float) -> RunResult:
         """Every rank agreed on a SIGTERM: scores still pending decide first, else save and exit 143."""

@@ -32,6 +32,7 @@ import collections
 import concurrent.futures
 import math
 import os
+import secrets
 import threading
 
 import torch
@@ -39,7 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from mlperf_logging.mllog import constants
 
-from kernels.backends import optimizer_class
+from kernels.backends import distributed_optimizer_class, optimizer_class
 from models.stable_diffusion import diffusion, offline_eval
 from models.stable_diffusion.config import StableDiffusionConfig, clip_config, vae_config
 from models.stable_diffusion.frozen import (
@@ -55,9 +56,10 @@ from models.stable_diffusion.model import build_unet
 from models.stable_diffusion.parallelize import parallelize
 from models.stable_diffusion.state_dict_adapter import load_ldm_checkpoint, split_checkpoint
 from pipelines.laion import format as fmt
+from pipelines.laion.loader import DIFFUSION_DRAWS, step_seed
 from runtime import checkpoint, schedule
 from runtime.benchmark import OfflineVerdict, RunContext
-from runtime.data_parallel import unwrap
+from runtime.data_parallel import sharding_groups, unwrap
 from runtime.data_parallel_benchmark import DataParallelBenchmark
 from runtime.mlperf_log import now_ms
 from runtime.pending_eval import BackgroundScorer, PendingEval
@@ -106,7 +108,8 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
     precisions = ("fp32", "tf32", "bf16", "fp16")
     eval_counters = ("clip_sum", "images")
 
-    def __init__(self, cfg: StableDiffusionConfig, ctx: RunContext):
+    def __init__(self, cfg: StableDiffusionConfig, ctx: RunContext, *, evaluation_only: bool = False):
+        """`evaluation_only`: built to score another run's checkpoints (offline_eval.evaluation_benchmark)."""
         super().__init__(cfg, ctx)
         d, t, o, e = cfg.data, cfg.train, cfg.optim, cfg.eval
         if d.loader not in ("stream", "indexed"):
@@ -125,14 +128,27 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         if t.max_images < t.checkpoint_every_images:
             raise ValueError(f"train.max_images={t.max_images} < train.checkpoint_every_images="
                              f"{t.checkpoint_every_images}: no evaluation would run")
+        if t.eval_mode != "inline" and not evaluation_only:
+            self._refuse_another_runs_checkpoints()
         if ctx.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
+        # Before the model is built: optim.distributed=true without apex fails in the first second. Our FusedAdamW,
+        # or apex's under MLPERF_KERNELS=apex; with optim.distributed apex's DistributedFusedAdam (NVIDIA's v4.0),
+        # which reduces the gradients itself: no DDP under it.
+        adamw = distributed_optimizer_class("adamw") if o.distributed else optimizer_class("adamw")
+        self.run_id = self._agree_on_run_id()  # a resumed run takes its first attempt's (load_state_dict)
         self.alphas_cumprod = diffusion.alphas_cumprod().to(ctx.device)
-        self.model = parallelize(build_unet(cfg.model.unet), ctx.layout, ctx.device, compile=t.compile)
-        # our FusedAdamW, or apex's under MLPERF_KERNELS=apex
-        adamw = optimizer_class("adamw")
+        self.model = parallelize(build_unet(cfg.model.unet), ctx.layout, ctx.device, compile=t.compile,
+                                 ddp=not o.distributed)
+        options = {}
+        if o.distributed:
+            process_group, shard_group, replica_group = sharding_groups(ctx.layout, ctx.launch.local_world_size)
+            # NVIDIA's v4.0 SD settings: fp16 gradient reduce-scatter and parameter all-gather, contiguous buffers
+            options = dict(process_group=process_group, shard_group=shard_group, replica_group=replica_group,
+                           grad_sync_dtype=torch.float16, param_sync_dtype=torch.float16,
+                           contiguous_param_buffer=True, contiguous_grad_buffer=True, bucket_cap_mb=288)
         self.optimizer = adamw(unwrap(self.model).parameters(), lr=o.lr_per_sample * t.global_batch_size,
-                               betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+                               betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay, **options)
         self.memory_format = torch.channels_last if ctx.device.type == "cuda" else torch.contiguous_format
         self._frozen = None
         self._steps_done = 0
@@ -140,6 +156,38 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         self._writer_error: BaseException | None = None
         self._scorer: BackgroundScorer | None = None  # rank 0's, train.eval_mode=overlapped
         self._overlapped: collections.deque = collections.deque()  # (samples, PendingEval) not yet logged
+
+    # -- the run's identity in its checkpoint directory (offline_eval.py) -------------------------------------
+    def _resuming(self) -> bool:
+        run = self.cfg.run
+        return bool(run.checkpoint_dir and run.resume and
+                    os.path.exists(os.path.join(run.checkpoint_dir, checkpoint.LATEST)))
+
+    def _refuse_another_runs_checkpoints(self) -> None:
+        """A run that does not resume starts from an empty checkpoint directory: one holding checkpoints is another
+        run's (or an earlier attempt's that left no resume checkpoint), whose scores would count as this run's."""
+        directory = self.offline_checkpoint_dir()
+        if not self._resuming() and offline_eval.holds_checkpoints(directory):
+            raise ValueError(f"{directory} already holds checkpoints (unet_*.json) and this run does not resume "
+                             f"(no {checkpoint.LATEST} in run.checkpoint_dir): give it another --run-dir or "
+                             f"eval.checkpoints, or remove them")
+
+    def _agree_on_run_id(self) -> str:
+        """Rank 0's random id, on every rank (each rank reads the checkpoint index; all must read the same)."""
+        value = torch.tensor([secrets.randbits(62)], dtype=torch.int64, device=self.ctx.device)
+        if self.ctx.launch.world_size > 1:
+            dist.broadcast(value, src=0)
+        return f"{int(value.item()):016x}"
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "run_id": self.run_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "run_id" not in state:
+            raise RuntimeError("Stable Diffusion checkpoint: missing key 'run_id' (written before runs had an id); "
+                               "score its unet_checkpoints with models.stable_diffusion.evaluate_checkpoints")
+        super().load_state_dict(state)
+        self.run_id = state["run_id"]
 
     # -- frozen networks (loaded on first use: the warm-up, untimed, or the first step) --------------------
     def frozen(self) -> dict:
@@ -172,12 +220,16 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         return learning_rate(step, base_lr=o.lr_per_sample * self.global_batch_size, warmup_steps=o.warmup_steps)
 
     def _draws(self, step: int, n_local: int, shape: tuple[int, ...]):
-        """(latent eps, timesteps, diffusion noise) of this rank's slice of global batch `step`."""
-        g = torch.Generator().manual_seed(self.ctx.seed * 1_000_003 + step + 1)
+        """(latent eps, timesteps, diffusion noise) of this rank's slice of global batch `step`, on the device that
+        drew them: the CPU, or on CUDA the GPU itself (the whole global batch's draws take one CPU thread ~64 ms
+        a step at GBS 512, a large share of an H100 step; on the GPU microseconds). Either way the same numbers
+        whatever the layout and after a resume; CUDA's generator gives other numbers than the CPU's."""
+        dev = self.ctx.device if self.ctx.device.type == "cuda" else torch.device("cpu")
+        g = torch.Generator(device=dev).manual_seed(step_seed(self.ctx.seed, step, DIFFUSION_DRAWS))
         gbs = self.global_batch_size
-        eps = torch.randn((gbs, *shape), generator=g)
-        t = torch.randint(0, len(self.alphas_cumprod), (gbs,), generator=g)
-        noise = torch.randn((gbs, *shape), generator=g)
+        eps = torch.randn((gbs, *shape), generator=g, device=dev)
+        t = torch.randint(0, len(self.alphas_cumprod), (gbs,), generator=g, device=dev)
+        noise = torch.randn((gbs, *shape), generator=g, device=dev)
         first = self.ctx.layout.dp_rank * n_local
         return eps[first:first + n_local], t[first:first + n_local], noise[first:first + n_local]
 
@@ -190,7 +242,7 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
             context = captions.to(dev, non_blocking=True).float()
         else:
             context = self.encode_text(captions)
-        tensors = (moments.to(dev, non_blocking=True), context, eps.to(dev), t.to(dev), noise.to(dev))
+        tensors = (moments.to(dev, non_blocking=True), context, eps.to(dev), t.to(dev), noise.to(dev))  # no-ops on CUDA
         return self.split_micro_batches(tensors)
 
     def loss(self, micro_batch) -> torch.Tensor:
@@ -318,12 +370,12 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
             future = concurrent.futures.Future()
             unet = _host_copy(unwrap(self.model).state_dict())  # synchronises with the device: the step is done
             # timed_seconds: None, run_stop does not take this checkpoint's time in this mode
-            meta = {"samples_count": samples, "step": self._steps_done, "time_ms": now_ms(), "timed_seconds": None}
+            meta = self._checkpoint_meta(self._steps_done, samples, None)
             directory, scorer = self.offline_checkpoint_dir(), self._scorer
 
             def write_then_score():
                 try:
-                    offline_eval.write_checkpoint(directory, unet, meta)
+                    self._write_kept(directory, unet, meta)
                     entry = {**meta, "path": offline_eval.checkpoint_stem(directory, samples) + ".pt"}
                     _forward(scorer.submit(offline_eval.score_checkpoint, entry), future)
                 except Exception as e:  # the loop's next poll fails every rank with it
@@ -361,11 +413,18 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         self.eval_data = {"prompts": prompts, "stats": stats}
         return prompts
 
-    def blocks(self) -> list[Block]:
-        """An evaluation every CEIL(checkpoint_every_images / GBS) steps, up to the budget."""
+    def budget_steps(self) -> int:
         t = self.cfg.train
-        ends = schedule.every(eval_interval_steps(self.cfg), math.ceil(t.max_images / t.global_batch_size))
-        return schedule.blocks(ends, "samples", global_batch_size=self.global_batch_size)
+        return math.ceil(t.max_images / t.global_batch_size)
+
+    def blocks(self) -> list[Block]:
+        """An evaluation every CEIL(checkpoint_every_images / GBS) steps, up to the budget. eval_start / eval_stop
+        (and so eval_accuracy and run_stop) carry samples_count besides epoch_num, as the spec lists them."""
+        ends = schedule.every(eval_interval_steps(self.cfg), self.budget_steps())
+        out = schedule.blocks(ends, "samples", global_batch_size=self.global_batch_size)
+        for block in out:
+            block.eval_metadata["samples_count"] = block.eval_metadata["epoch_num"]
+        return out
 
     # -- checkpoints: written in the background (NVIDIA's are too), so that training goes on meanwhile ------
     def save_checkpoint(self, directory: str, common: dict) -> None:
@@ -397,21 +456,38 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         return self.cfg.eval.checkpoints or os.path.join(self.cfg.run.checkpoint_dir or self.ctx.run_dir,
                                                          offline_eval.DIR_NAME)
 
+    def _checkpoint_meta(self, step: int, samples: int, timed_seconds: float | None) -> dict:
+        return {"samples_count": samples, "step": step, "time_ms": now_ms(), "timed_seconds": timed_seconds,
+                "seed": self.ctx.seed, "run_id": self.run_id}
+
+    def _write_kept(self, directory: str, unet: dict, meta: dict) -> None:
+        """A kept checkpoint; the one at the budget's end also marks the training done (evaluate_checkpoints then
+        knows that no checkpoint is still to come)."""
+        offline_eval.write_checkpoint(directory, unet, meta)
+        if meta["step"] >= self.budget_steps():
+            offline_eval.write_training_done(directory, self.run_id, meta["samples_count"])
+
     def keep_for_offline_eval(self, step: int, samples: int, timed_seconds: float) -> None:
         if not self.ctx.is_main:
             return
         unet = _host_copy(unwrap(self.model).state_dict())  # synchronises with the device: the step is done
-        meta = {"samples_count": samples, "step": step, "time_ms": now_ms(), "timed_seconds": timed_seconds}
+        meta = self._checkpoint_meta(step, samples, timed_seconds)
         directory = self.offline_checkpoint_dir()
-        self._write_in_background(lambda: offline_eval.write_checkpoint(directory, unet, meta))
+        self._write_in_background(lambda: self._write_kept(directory, unet, meta))
 
-    def evaluate_offline(self) -> OfflineVerdict:
+    def evaluate_offline(self, preempted=None) -> OfflineVerdict | None:
+        """`preempted()`: the loop's SIGTERM flag agreed across ranks, asked between checkpoints; None when it was
+        set (the scores found so far are in scores.json, and the resumed run evaluates only the rest)."""
         self.wait_for_checkpoint()  # rank 0's last checkpoint is on disk before any rank reads the directory
         if self.ctx.launch.world_size > 1:
             dist.barrier()
         self.model.eval()
-        entries, chosen = offline_eval.score_checkpoints(self, self.offline_checkpoint_dir(),
-                                                         self.cfg.eval.offline_report)
+        # this run's checkpoints only, up to its budget (the whole of it is trained when this runs)
+        entries, chosen = offline_eval.score_checkpoints(
+            self, self.offline_checkpoint_dir(), self.cfg.eval.offline_report, run_id=self.run_id,
+            max_samples=self.budget_steps() * self.global_batch_size, preempted=preempted)
+        if chosen is None:
+            return None
         return offline_eval.log_and_decide(self, entries, chosen)
 
     def wait_for_checkpoint(self) -> None:

@@ -102,6 +102,7 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.01
+    distributed: bool = False  # apex DistributedFusedAdam (NVIDIA v4.0); MLPERF_KERNELS=apex on the GPU image
 
 
 @dataclass

@@ -9,7 +9,10 @@ torchrun / srun / mpirun on other nodes, while the run trains or after it.
 decided (`--all`: every one); each score goes into the directory's scores.json, where the run's own offline
 phase finds it and does not evaluate that checkpoint again. Prints one line per checkpoint to report,
 `EVAL,stable_diffusion,<samples>,FID,<fid>,CLIP,<clip>`, then `FIRST_PASS,stable_diffusion,<samples>,<time_ms>`
-(the time the run's run_stop carries) and exits 0, or `NO_PASS,stable_diffusion` and exits 3.
+(the time the run's run_stop carries) and exits 0. With no passing checkpoint: `NO_PASS,stable_diffusion`, exit 3,
+once the run has kept its last checkpoint (its training_done.json); before that the run may still train to a
+passing one: `UNDECIDED,stable_diffusion,<checkpoints evaluated>`, exit 4. The directory must hold one run's
+checkpoints.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from runtime.distributed import detect_launch, init_distributed, pick_device
 from runtime.mlperf_log import MLPerfLogger
 from runtime.parallel import ParallelLayout
 
-EXIT_PASS, EXIT_USAGE, EXIT_NO_PASS = 0, 2, 3
+EXIT_PASS, EXIT_USAGE, EXIT_NO_PASS, EXIT_UNDECIDED = 0, 2, 3, 4
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +71,9 @@ def main(argv=None) -> int:
         with torch.no_grad():
             entries, chosen = offline_eval.score_checkpoints(bench, directory, cfg.eval.offline_report,
                                                              every=args.all)
+    except (ValueError, FileNotFoundError) as e:  # every rank reads the same index: all of them stop here
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     finally:
         if launch.world_size > 1:
             dist.destroy_process_group()
@@ -78,6 +84,11 @@ def main(argv=None) -> int:
         print(f"EVAL,{SPEC.name},{e['samples_count']},FID,{e['FID']:.6f},CLIP,{e['CLIP']:.6f}", flush=True)
     first = next((e for e in entries if e.get("passed")), None)
     if first is None:
+        if not offline_eval.training_done(directory, entries[0]["run_id"]):
+            print(f"UNDECIDED,{SPEC.name},{len(entries)}", flush=True)
+            print(f"none of the {len(entries)} checkpoints passes, and the run is still training (no "
+                  f"{offline_eval.DONE} of run {entries[0]['run_id']} in {directory})", file=sys.stderr, flush=True)
+            return EXIT_UNDECIDED
         print(f"NO_PASS,{SPEC.name}", flush=True)
         return EXIT_NO_PASS
     print(f"FIRST_PASS,{SPEC.name},{first['samples_count']},{first['time_ms']}", flush=True)

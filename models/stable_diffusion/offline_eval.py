@@ -3,9 +3,13 @@ step cap, evaluate the checkpoints afterwards in order, and report as the rules 
 
 Checkpoint directory (eval.checkpoints): per checkpoint `unet_<samples>.pt` (the UNet's state dict under
 "unet", fp32, weights only) and, written after it, `unet_<samples>.json` {samples_count, step, time_ms,
-timed_seconds}: a checkpoint is complete once its .json exists, so an evaluator on other nodes can follow a
-run that is still training. `scores.json` holds the FID and CLIP found so far per checkpoint, with the eval
-settings they were found under; the run's own offline phase and `evaluate_checkpoints` reuse each other's.
+timed_seconds, seed, run_id}: a checkpoint is complete once its .json exists, so an evaluator on other nodes can
+follow a run that is still training. The directory belongs to one run: a run that does not resume refuses one that
+already holds checkpoints, and a run's own evaluation reads only the entries of its run_id (kept in its resume
+checkpoint) up to what it trained. `training_done.json` {run_id, samples_count} is written with the checkpoint at
+the end of the budget: no more will come. `scores.json` holds the FID and CLIP found so far per checkpoint, with
+the eval settings they were found under; the run's own offline phase and `evaluate_checkpoints` reuse each other's
+and merge into it under a lock (`scores.json.lock`), so that neither loses the other's.
 
 Reporting rule (spec: in 1 of 10 runs every checkpoint up to the first pass, in the others the first passing
 one and the one before it): eval.offline_report "all" or "pair". The checker aggregates FID and CLIP per
@@ -20,23 +24,27 @@ background process while training continues: `start_scorer` builds that process'
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import glob
 import json
 import math
 import os
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from mlperf_logging.mllog import constants
 
 from runtime import checkpoint
+from runtime.atomic_write import write_text_atomic
 from runtime.benchmark import OfflineVerdict
 from runtime.data_parallel import unwrap
 
 DIR_NAME = "unet_checkpoints"
 SCORES = "scores.json"
+DONE = "training_done.json"
 REPORT_RULES = ("pair", "all")
-_META_KEYS = ("samples_count", "step", "time_ms", "timed_seconds")
+_META_KEYS = ("samples_count", "step", "time_ms", "timed_seconds", "seed", "run_id")
 
 
 def checkpoint_stem(directory: str, samples: int) -> str:
@@ -50,8 +58,30 @@ def write_checkpoint(directory: str, unet_state: dict, meta: dict) -> None:
     checkpoint.write_text_atomic(stem + ".json", json.dumps(meta) + "\n")
 
 
-def read_index(directory: str) -> list[dict]:
-    """The complete checkpoints of `directory`, oldest first: their metadata plus "path"."""
+def write_training_done(directory: str, run_id: str, samples: int) -> None:
+    """The marker that the run `run_id` kept its last checkpoint (`samples` trained): no more will come."""
+    write_text_atomic(os.path.join(directory, DONE), json.dumps({"run_id": run_id, "samples_count": samples}) + "\n")
+
+
+def training_done(directory: str, run_id: str) -> bool:
+    """Whether the run `run_id` wrote its last checkpoint into `directory`."""
+    path = os.path.join(directory, DONE)
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path) as f:
+            return json.load(f).get("run_id") == run_id
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not a training_done marker ({e})") from None
+
+
+def holds_checkpoints(directory: str) -> bool:
+    return bool(glob.glob(os.path.join(directory, "unet_*.json")))
+
+
+def read_index(directory: str, run_id: str | None = None, max_samples: int | None = None) -> list[dict]:
+    """The complete checkpoints of `directory`, oldest first: their metadata plus "path". With `run_id`: only that
+    run's, up to `max_samples` trained; without: the whole directory, which must hold one run's."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: no checkpoint directory (eval.checkpoints)")
     entries = []
@@ -64,10 +94,17 @@ def read_index(directory: str) -> list[dict]:
         missing = [k for k in _META_KEYS if k not in meta]
         if missing:
             raise ValueError(f"{meta_path}: missing key(s) {missing}")
+        if run_id is not None and (meta["run_id"] != run_id or
+                                   (max_samples is not None and meta["samples_count"] > max_samples)):
+            continue  # another run's, or beyond what this run trained
         path = meta_path[:-len(".json")] + ".pt"
         if not os.path.exists(path):
             raise FileNotFoundError(f"{meta_path}: its weights {path} are missing")
         entries.append({**meta, "path": path})
+    runs = sorted({(e["run_id"], e["seed"]) for e in entries})
+    if len(runs) > 1:
+        raise ValueError(f"{directory}: holds the checkpoints of {len(runs)} runs (run_id, seed: {runs}); "
+                         f"evaluate one run's directory")
     entries.sort(key=lambda e: e["samples_count"])
     return entries
 
@@ -101,19 +138,23 @@ def reported(passed: list[bool], total: int, rule: str) -> list[int] | None:
 
 class ScoreCache:
     """scores.json: {"settings": ..., "scores": {samples: {"FID", "CLIP", "time_ms"}}}, read and written by rank
-    0. A score counts only under the same eval settings and for the same write of its checkpoint (time_ms)."""
+    0. A score counts only under the same eval settings and for the same write of its checkpoint (time_ms). The
+    run and an evaluator elsewhere may write it at the same time: each write re-reads the file and merges into it
+    under an exclusive lock, then replaces it atomically."""
 
     def __init__(self, directory: str, settings: dict):
         self.path, self.settings = os.path.join(directory, SCORES), settings
-        self.scores: dict[str, dict] = {}
-        if os.path.exists(self.path):
-            try:
-                with open(self.path) as f:
-                    saved = json.load(f)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{self.path}: not a scores file ({e}); remove it to evaluate afresh") from None
-            if saved.get("settings") == settings:
-                self.scores = saved.get("scores", {})
+        self.scores: dict[str, dict] = self._read()
+
+    def _read(self) -> dict[str, dict]:
+        if not os.path.exists(self.path):
+            return {}
+        try:
+            with open(self.path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.path}: not a scores file ({e}); remove it to evaluate afresh") from None
+        return saved.get("scores", {}) if saved.get("settings") == self.settings else {}
 
     def get(self, entry: dict) -> tuple[float, float] | None:
         found = self.scores.get(str(entry["samples_count"]))
@@ -122,9 +163,12 @@ class ScoreCache:
         return found["FID"], found["CLIP"]
 
     def put(self, entry: dict, fid: float, clip: float) -> None:
-        self.scores[str(entry["samples_count"])] = {"FID": fid, "CLIP": clip, "time_ms": entry["time_ms"]}
-        checkpoint.write_text_atomic(self.path, json.dumps({"settings": self.settings, "scores": self.scores},
-                                                           indent=1) + "\n")
+        with open(self.path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            self.scores = {**self._read(), str(entry["samples_count"]): {"FID": fid, "CLIP": clip,
+                                                                          "time_ms": entry["time_ms"]}}
+            write_text_atomic(self.path, json.dumps({"settings": self.settings, "scores": self.scores}, indent=1)
+                              + "\n")
 
 
 def eval_settings(cfg) -> dict:
@@ -135,15 +179,20 @@ def eval_settings(cfg) -> dict:
     return json.loads(json.dumps(settings))  # as scores.json gives it back (tuples as lists)
 
 
-def score_checkpoints(bench, directory: str, rule: str, every: bool = False) -> tuple[list[dict], list[int]]:
-    """Evaluate the checkpoints of `directory` in order (every rank, collectively) until the reporting rule is
-    decided (or all of them, with `every`); returns (entries with "FID"/"CLIP"/"passed" where evaluated, the
-    indices to report)."""
+def score_checkpoints(bench, directory: str, rule: str, every: bool = False, *, run_id: str | None = None,
+                      max_samples: int | None = None, preempted: Callable[[], bool] | None = None
+                      ) -> tuple[list[dict], list[int] | None]:
+    """Evaluate the checkpoints of `directory` (read_index's, of `run_id` up to `max_samples`) in order (every rank,
+    collectively) until the reporting rule is decided (or all of them, with `every`); returns (entries with
+    "FID"/"CLIP"/"passed" where evaluated, the indices to report). `preempted()` (every rank calls it together) is
+    asked before each checkpoint still to evaluate: when it says so, the scores found so far are in scores.json
+    and the indices are None."""
     cfg, ctx = bench.cfg, bench.ctx
     e = cfg.eval
-    entries = read_index(directory)
+    entries = read_index(directory, run_id, max_samples)
     if not entries:
-        raise FileNotFoundError(f"{directory}: holds no complete checkpoint (unet_*.json)")
+        whose = f" of run {run_id}" if run_id is not None else ""
+        raise FileNotFoundError(f"{directory}: holds no complete checkpoint{whose} (unet_*.json)")
     cache = ScoreCache(directory, eval_settings(cfg)) if ctx.is_main else None
     # Rank 0 decides which scores are known, so that every rank evaluates the same checkpoints (collectives).
     known = torch.full((len(entries), 2), math.nan, dtype=torch.float64, device=ctx.device)
@@ -157,6 +206,8 @@ def score_checkpoints(bench, directory: str, rule: str, every: bool = False) -> 
     for i, entry in enumerate(entries):
         fid, clip = (float(v) for v in known[i].tolist())
         if math.isnan(fid):
+            if preempted is not None and preempted():
+                return entries, None
             load_unet(bench.model, entry["path"])
             fid, clip = bench.fid_and_clip()
             if cache is not None:
@@ -200,7 +251,7 @@ def evaluation_benchmark(cfg, ctx):
     """A benchmark that only evaluates: its eval prompts and FID statistics read, the UNet in eval mode."""
     from models.stable_diffusion import SPEC
 
-    bench = SPEC.benchmark(cfg, ctx)
+    bench = SPEC.benchmark(cfg, ctx, evaluation_only=True)
     bench.open_eval_data()
     bench.model.eval()
     return bench

@@ -4,7 +4,7 @@ Two loaders, the same batches' shape: this rank's (moments (b, 8, h, w) float32,
 `context_dim` (encoded shards, format.py) (moments, context (b, 77, context_dim) float16) in place of the captions.
 
 - `IndexedMoments` ("indexed"): reads every shard once into memory and draws each global batch with
-  replacement from a generator seeded by (seed, step); each rank takes its slice. Global batch `step` is
+  replacement from a generator seeded by (seed, step, BATCH_INDICES); each rank takes its slice. Global batch `step` is
   then the same whatever the number of ranks and whether the run was resumed, which is what the debug
   flavour's parity and resume checks need. It refuses a dataset too large to hold.
 - `StreamingMoments` ("stream"): the reference's pipeline: `WebDataset(resampled=True)` (shards drawn with
@@ -24,6 +24,14 @@ import torch
 from pipelines.laion.format import decode_context, decode_sample, iterate_shard, shard_paths
 
 MAX_INDEXED_BYTES = 4 << 30
+# Tags of the per-step random streams: each is seeded from (seed, step, tag), so that no two streams of a run share
+# a generator seed (a plain seed + step offset would give batch k's indices the seed of batch k-1's noise).
+BATCH_INDICES, DIFFUSION_DRAWS = 0, 1
+
+
+def step_seed(seed: int, step: int, tag: int) -> int:
+    """A 64-bit generator seed for stream `tag` of global batch `step` of the run seeded `seed`."""
+    return int(np.random.SeedSequence([seed, step, tag]).generate_state(1, np.uint64)[0])
 
 
 class IndexedMoments:
@@ -46,7 +54,7 @@ class IndexedMoments:
         self.local = global_batch_size // world_size
 
     def batch(self, step: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(step_seed(self.seed, step, BATCH_INDICES))
         index = torch.randint(self.num_samples, (self.global_batch_size,), generator=g)
         mine = index[self.rank * self.local:(self.rank + 1) * self.local]
         if self.contexts is not None:

@@ -52,7 +52,7 @@ def test_debug_build_logs_its_keys_and_blocks(tmp_path):
     assert logged["opt_name"] == "adamw" and logged["opt_base_learning_rate"] == pytest.approx(1e-3)
     blocks = bench.blocks()
     assert [b.steps for b in blocks] == [40] * 15
-    assert blocks[0].eval_metadata == {"epoch_num": 640}
+    assert blocks[0].eval_metadata == {"epoch_num": 640, "samples_count": 640}  # the spec lists both
     group = bench.optimizer.param_groups[0]
     assert group["decoupled_weight_decay"] and group["weight_decay"] == 0.01 and group["betas"] == (0.9, 0.999)
 

@@ -1,14 +1,19 @@
 """Stable Diffusion's offline evaluation (train.eval_mode=offline, NVIDIA's): the reporting rule, a debug run that
 trains to its cap and then evaluates its checkpoints (log through the real checker, run_stop at the first passing
-checkpoint's time), the standalone evaluator, no pass -> aborted, and a resumed offline run."""
+checkpoint's time), the standalone evaluator (undecided while the run trains), no pass -> aborted, a resumed offline
+run, a second run into the same checkpoint directory refused, a run's index of its own checkpoints only, a SIGTERM
+in the offline phase, and scores.json merged between concurrent writers."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -16,8 +21,15 @@ from conftest import REPO, compliance, read_events, train_command
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from models.stable_diffusion import SPEC  # noqa: E402
-from models.stable_diffusion.offline_eval import DIR_NAME, read_index, reported  # noqa: E402
+from models.stable_diffusion import SPEC, offline_eval  # noqa: E402
+from models.stable_diffusion.offline_eval import (  # noqa: E402
+    DIR_NAME,
+    DONE,
+    SCORES,
+    ScoreCache,
+    read_index,
+    reported,
+)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # 4 checkpoints of 640 images; seed 1 first passes both debug targets at the third (as its inline run does)
@@ -127,22 +139,32 @@ def test_standalone_evaluator_reuses_scores_and_reports_by_rule(offline_run, deb
     assert [int(s) for s in re.findall(r"^EVAL,stable_diffusion,(\d+),", r.stdout, re.M)] == [640, 1280, 1920, 2560]
 
 
-def test_offline_run_with_no_passing_checkpoint_is_aborted(offline_run, debug_data, tmp_path):
+def _offline_bench(run_dir, data, log_path, **eval_changes):
+    """The offline run's benchmark over `run_dir`'s checkpoints (built as the evaluator is: the directory is full),
+    with their run id, as a resumed run has it."""
     from runtime.benchmark import RunContext
     from runtime.distributed import LaunchEnv
     from runtime.mlperf_log import MLPerfLogger
     from runtime.parallel import ParallelLayout
 
-    _, run_dir = offline_run
     cfg = SPEC.config("debug")
-    cfg.train.eval_mode, cfg.eval.fid_target = "offline", 1.0
+    cfg.train.eval_mode = "offline"
+    for key, value in eval_changes.items():
+        setattr(cfg.eval, key, value)
     layout = ParallelLayout(1, 0)
     layout.build_groups()
-    log = MLPerfLogger(str(tmp_path / "log.txt"), enabled=True, stdout=False)
+    log = MLPerfLogger(str(log_path), enabled=True, stdout=False)
     ctx = RunContext(SPEC, LaunchEnv("single", 0, 1, 0, 1, "127.0.0.1", 0), layout, torch.device("cpu"), log,
-                     str(run_dir), str(debug_data("stable_diffusion")), seed=1)
-    bench = SPEC.benchmark(cfg, ctx)
+                     str(run_dir), str(data), seed=1)
+    bench = SPEC.benchmark(cfg, ctx, evaluation_only=True)
+    bench.run_id = read_index(os.path.join(run_dir, DIR_NAME))[0]["run_id"]
     bench.open_eval_data()
+    return bench, log
+
+
+def test_offline_run_with_no_passing_checkpoint_is_aborted(offline_run, debug_data, tmp_path):
+    _, run_dir = offline_run
+    bench, log = _offline_bench(run_dir, debug_data("stable_diffusion"), tmp_path / "log.txt", fid_target=1.0)
     verdict = bench.evaluate_offline()
     log.close()
     assert verdict.status == "aborted" and verdict.time_ms is None and "none of the 4 checkpoints" in verdict.reason
@@ -173,3 +195,137 @@ def test_resumed_offline_run_evaluates_every_attempts_checkpoints(offline_run, d
     ok, report = compliance(tmp_path / "run" / "mlperf_log_attempt2.txt")
     assert ok, report
     json.loads((kept / "scores.json").read_text())  # the scores found, for an evaluator elsewhere
+
+
+def _copy_checkpoints(run_dir, to, samples=None, scores=True):
+    """`run_dir`'s kept checkpoints (those of `samples`), with or without its scores.json, into `to`."""
+    source = run_dir / DIR_NAME
+    to.mkdir(parents=True)
+    for entry in read_index(source):
+        if samples is None or entry["samples_count"] in samples:
+            stem = os.path.basename(entry["path"])[:-len(".pt")]
+            for ext in (".pt", ".json"):
+                shutil.copy(source / (stem + ext), to / (stem + ext))
+    if scores:
+        shutil.copy(source / SCORES, to / SCORES)
+    return to
+
+
+def test_a_second_run_into_the_same_run_dir_is_refused_before_run_start(offline_run, debug_data, tmp_path):
+    # The bug: a second run (another seed, a budget of one checkpoint) into the first run's directory scored the
+    # first run's checkpoints and logged success in 0 s. It is refused, in one line, before the clock starts.
+    _, first_dir = offline_run
+    run_dir = tmp_path / "run"
+    _copy_checkpoints(first_dir, run_dir / DIR_NAME)
+    t0 = time.time()
+    r = _run(debug_data("stable_diffusion"), run_dir, "--seed", "2", "train.eval_mode=offline", "train.max_images=640")
+    seconds = time.time() - t0
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert errors == [f"error: {run_dir / DIR_NAME} already holds checkpoints (unet_*.json) and this run does not "
+                      f"resume (no latest.pt in run.checkpoint_dir): give it another --run-dir or eval.checkpoints, "
+                      f"or remove them"], r.stderr
+    keys = [e["key"] for e in read_events(run_dir / "mlperf_log.txt")]
+    assert "run_start" not in keys and "eval_accuracy" not in keys and "RESULT" not in r.stdout
+    print(f"refused in {seconds:.1f} s (interpreter and imports included)")
+
+
+def test_a_runs_index_holds_only_its_own_checkpoints_up_to_what_it_trained(tmp_path):
+    # run "a" (seed 1) kept 640, 1280 and 1920 images; run "b" (seed 2) then wrote its 640 over a's
+    for run_id, seed, samples in (("a", 1, 640), ("a", 1, 1280), ("a", 1, 1920), ("b", 2, 640)):
+        offline_eval.write_checkpoint(str(tmp_path), {"w": torch.zeros(1)},
+                                      {"samples_count": samples, "step": samples // 16, "time_ms": samples,
+                                       "timed_seconds": 1.0, "seed": seed, "run_id": run_id})
+    assert [(e["run_id"], e["samples_count"]) for e in read_index(str(tmp_path), "b", 640)] == [("b", 640)]
+    assert [e["samples_count"] for e in read_index(str(tmp_path), "a", 1280)] == [1280]  # 1920: not yet trained
+    assert [e["samples_count"] for e in read_index(str(tmp_path), "a", 10 ** 9)] == [1280, 1920]
+    with pytest.raises(ValueError, match=r"holds the checkpoints of 2 runs .*\('a', 1\), \('b', 2\)"):
+        read_index(str(tmp_path))  # the standalone evaluator's whole directory must be one run's
+    legacy = json.loads((tmp_path / "unet_000000000640.json").read_text())
+    del legacy["run_id"]
+    (tmp_path / "unet_000000000640.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match=r"unet_000000000640.json: missing key\(s\) \['run_id'\]"):
+        read_index(str(tmp_path), "a")
+
+
+def test_a_sigterm_in_the_offline_phase_keeps_the_scores_found_and_the_resume_evaluates_the_rest(
+        offline_run, debug_data, tmp_path, monkeypatch):
+    _, first_dir = offline_run
+    run_dir = tmp_path / "run"
+    _copy_checkpoints(first_dir, run_dir / DIR_NAME, scores=False)
+    bench, log = _offline_bench(run_dir, debug_data("stable_diffusion"), tmp_path / "log.txt")
+    loaded = []
+    load_unet = offline_eval.load_unet
+    monkeypatch.setattr(offline_eval, "load_unet", lambda model, path: (loaded.append(path), load_unet(model, path)))
+    asked = []
+
+    def sigterm_after_the_first():  # the loop's agreed flag, asked before each checkpoint still to evaluate
+        asked.append(len(loaded))
+        return len(asked) == 2
+
+    assert bench.evaluate_offline(sigterm_after_the_first) is None
+    assert [os.path.basename(p) for p in loaded] == ["unet_000000000640.pt"] and asked == [0, 1]
+    saved = json.loads((run_dir / DIR_NAME / SCORES).read_text())["scores"]
+    assert sorted(saved) == ["640"]
+    # the resumed run: the score of 640 read back, only 1280 and 1920 evaluated, the first run's verdict
+    loaded.clear()
+    verdict = bench.evaluate_offline(lambda: False)
+    log.close()
+    assert [os.path.basename(p) for p in loaded] == ["unet_000000001280.pt", "unet_000000001920.pt"]
+    assert verdict.status == "success" and verdict.samples == 1920
+    full = _scores(read_events(first_dir / "mlperf_log.txt"))
+    resumed = _scores(read_events(tmp_path / "log.txt"))
+    assert sorted(resumed) == sorted(full) == [1280, 1920]
+    for samples in full:
+        assert resumed[samples] == pytest.approx(full[samples], rel=1e-9)
+
+
+def test_the_standalone_evaluator_is_undecided_while_the_run_still_trains(offline_run, debug_data, tmp_path):
+    _, run_dir = offline_run
+    index = read_index(run_dir / DIR_NAME)
+    done = json.loads((run_dir / DIR_NAME / DONE).read_text())  # written with the checkpoint at the budget's end
+    assert done == {"run_id": index[0]["run_id"], "samples_count": 2560}
+    # two checkpoints of the run so far (their scores known): none passes FID <= 1, but more may come
+    partial = _copy_checkpoints(run_dir, tmp_path / "partial", samples=(640, 1280))
+    r = _evaluator("--data-dir", str(debug_data("stable_diffusion")), "--checkpoints", str(partial),
+                   "eval.fid_target=1")
+    assert r.returncode == 4 and r.stdout.splitlines()[-1] == "UNDECIDED,stable_diffusion,2", r.stdout + r.stderr
+    assert "NO_PASS" not in r.stdout and "the run is still training" in r.stderr
+
+
+def _put_scores(directory: str, first: int, n: int) -> None:
+    cache = ScoreCache(directory, {"settings": 1})
+    for samples in range(first, first + n):
+        cache.put({"samples_count": samples, "time_ms": samples}, float(samples), 0.5)
+
+
+def test_scores_json_merges_the_scores_of_concurrent_writers(tmp_path):
+    settings = {"settings": 1}
+    run, evaluator = ScoreCache(str(tmp_path), settings), ScoreCache(str(tmp_path), settings)  # both read it empty
+    evaluator.put({"samples_count": 640, "time_ms": 5}, 40.0, 0.1)
+    run.put({"samples_count": 1280, "time_ms": 6}, 20.0, 0.2)  # used to write its own scores only, losing 640
+    merged = ScoreCache(str(tmp_path), settings)
+    assert merged.get({"samples_count": 640, "time_ms": 5}) == (40.0, 0.1)
+    assert merged.get({"samples_count": 1280, "time_ms": 6}) == (20.0, 0.2)
+    # two processes writing 40 scores each at once: every one of them lands
+    procs = [multiprocessing.get_context("spawn").Process(target=_put_scores, args=(str(tmp_path), first, 40))
+             for first in (10_000, 20_000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs)
+    saved = json.loads((tmp_path / SCORES).read_text())["scores"]
+    assert len(saved) == 82 and saved["10039"]["FID"] == 10039.0 and saved["20000"]["FID"] == 20000.0
+
+
+def test_the_standalone_evaluator_refuses_a_directory_of_two_runs(offline_run, debug_data, tmp_path, capsys):
+    from models.stable_diffusion import evaluate_checkpoints
+
+    _, run_dir = offline_run
+    mixed = _copy_checkpoints(run_dir, tmp_path / "mixed", samples=(640, 1280))
+    meta = json.loads((mixed / "unet_000000001280.json").read_text())
+    (mixed / "unet_000000001280.json").write_text(json.dumps({**meta, "seed": 2, "run_id": "another"}))
+    rc = evaluate_checkpoints.main(["--data-dir", str(debug_data("stable_diffusion")), "--checkpoints", str(mixed)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {mixed}: holds the checkpoints of 2 runs") and "\n" not in err, err

@@ -91,6 +91,7 @@ class ToyOffline(Toy):
     def __init__(self, ctx, target, **toy_args):
         super().__init__(ctx, **toy_args)
         self.target, self.kept = target, []
+        self.scores, self.evaluated = {}, []  # epoch -> accuracy found (SD's scores.json); this attempt's evaluations
 
     def evaluates_offline(self):
         return True
@@ -103,10 +104,15 @@ class ToyOffline(Toy):
         self.kept.append({"epoch": len(self.kept) + 1, "w": self.w.item(), "time_ms": now_ms(),
                           "timed_seconds": timed_seconds, "samples": samples})
 
-    def evaluate_offline(self):
+    def evaluate_offline(self, preempted=None):
         log, evals = self.ctx.log, []
         for kept in self.kept:
-            accuracy, position = 1 - abs(kept["w"] - 3) / 3, {"epoch_num": kept["epoch"]}
+            if kept["epoch"] not in self.scores:  # an evaluation still to do: a SIGTERM may stop the phase first
+                if preempted is not None and preempted():
+                    return None
+                self.scores[kept["epoch"]] = 1 - abs(kept["w"] - 3) / 3
+                self.evaluated.append(kept["epoch"])
+            accuracy, position = self.scores[kept["epoch"]], {"epoch_num": kept["epoch"]}
             log.start("eval_start", metadata=position)
             log.event("eval_accuracy", accuracy, metadata=position)
             log.end("eval_stop", metadata=position)
@@ -259,3 +265,42 @@ def test_a_sigterm_between_sync_points_is_acted_on_within_the_poll_interval(tmp_
 def test_without_the_poll_a_sigterm_waits_for_the_next_sync_point(tmp_path):
     result, last = _run_preempted(tmp_path, preempt_at=23, poll_seconds=0)
     assert result.exit_code == 143 and last == 39  # the sync point after step 39 (global count 40)
+
+
+class ToyOfflinePreempted(ToyOffline):
+    """A SIGTERM (the loop's flag, as its handler sets it) arrives while the offline phase evaluates epoch
+    `preempt_during`."""
+
+    def __init__(self, ctx, target, preempt_during, **toy_args):
+        super().__init__(ctx, target, **toy_args)
+        self.preempt_during, self.flag = preempt_during, None
+
+    def evaluate_offline(self, preempted=None):
+        def preempted_after_scoring():
+            if self.evaluated and self.evaluated[-1] == self.preempt_during:
+                self.flag.requested = True
+            return preempted()
+        return super().evaluate_offline(preempted_after_scoring)
+
+
+def test_a_sigterm_during_the_offline_evaluation_saves_and_the_resumed_run_evaluates_the_rest(tmp_path):
+    ck = str(tmp_path / "ck")
+    ctx = _ctx(tmp_path / "a")
+    bench = ToyOfflinePreempted(ctx, target=2, preempt_during=2)  # no pass: every checkpoint is evaluated
+    loop = RunLoop(bench, ctx, RunConfig(target=0.8, log_every_steps=5, checkpoint_dir=ck))
+    bench.flag = loop.preemption
+    result = loop.run()
+    ctx.log.close()
+    # stopped between checkpoints 2 and 3: exit 143 through the loop's preemption path, a resume checkpoint saved
+    assert result.exit_code == 143 and "preempted" in result.reason and bench.evaluated == [1, 2]
+    assert _events(tmp_path / "a" / "log.txt")[-1]["metadata"]["status"] == "aborted"
+    # the resumed run trains nothing more and evaluates only the checkpoints not yet scored
+    ctx = _ctx(tmp_path / "b")
+    resumed = ToyOffline(ctx, target=2)
+    resumed.kept, resumed.scores = bench.kept, dict(bench.scores)  # on disk, as SD's checkpoints and scores.json
+    loop = RunLoop(resumed, ctx, RunConfig(target=0.8, log_every_steps=5, checkpoint_dir=ck))
+    assert loop.try_resume()
+    result = loop.run()
+    ctx.log.close()
+    assert resumed.losses == {} and resumed.evaluated == [3, 4, 5, 6]
+    assert result.exit_code == EXIT_NOT_CONVERGED and len(result.evals) == 6

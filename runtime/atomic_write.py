@@ -36,21 +36,16 @@ def _temporary_name(path: str) -> str:
     return os.path.join(directory, f".{name[:_NAME_KEEP]}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def fsync_dir(directory: str) -> None:
-    """Make the entries of `directory` (a rename, a new file) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """Make a file's data, or a directory's entries (a rename, a new file), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path  # what callers mean when it is a directory
 
 
 class AtomicPath:
@@ -70,7 +65,7 @@ class AtomicPath:
 
     def commit(self) -> None:
         try:
-            _fsync_file(self.tmp)
+            fsync_path(self.tmp)
             os.replace(self.tmp, self.path)
         except BaseException:
             self.discard()
@@ -134,7 +129,7 @@ def atomic_dir(path: str) -> Iterator[str]:
         yield tmp
         for root, _, files in os.walk(tmp):
             for name in files:
-                _fsync_file(os.path.join(root, name))
+                fsync_path(os.path.join(root, name))
             fsync_dir(root)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)

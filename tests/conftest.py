@@ -90,6 +90,15 @@ def read_events(log_path) -> list[dict]:
     return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in open(log_path) if ":::MLLOG " in line]
 
 
+def eval_scores(events) -> dict[int, dict]:
+    """samples_count -> {metric: value} of the eval_accuracy lines (Stable Diffusion's FID and CLIP)."""
+    out: dict[int, dict] = {}
+    for e in events:
+        if e["key"] == "eval_accuracy":
+            out.setdefault(e["metadata"]["samples_count"], {})[e["metadata"]["metric"]] = e["value"]
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, compliance, read_events, train_command
+from conftest import REPO, compliance, eval_scores, read_events, train_command
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -69,14 +69,6 @@ def _evaluator(*args):
                           capture_output=True, text=True, cwd=REPO, env=ENV, timeout=900)
 
 
-def _scores(events) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for e in events:
-        if e["key"] == "eval_accuracy":
-            out.setdefault(e["metadata"]["samples_count"], {})[e["metadata"]["metric"]] = e["value"]
-    return out
-
-
 @pytest.fixture(scope="module")
 def offline_run(debug_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sd_offline")
@@ -95,7 +87,7 @@ def test_offline_run_reports_and_stops_at_the_first_passing_checkpoint(offline_r
     assert keys.count("block_stop") == 4 and "eval_start" not in keys[:last_block]
     assert keys[-1] == "run_stop" and events[-1]["metadata"]["status"] == "success"
     # "pair": the first passing checkpoint (1920 images) and the one before it, FID and CLIP at each
-    scores = _scores(events)
+    scores = eval_scores(events)
     assert sorted(scores) == [1280, 1920] and all(set(v) == {"FID", "CLIP"} for v in scores.values())
     cfg = SPEC.config("debug")
     assert scores[1920]["FID"] <= cfg.eval.fid_target and scores[1920]["CLIP"] >= cfg.eval.clip_target
@@ -123,7 +115,7 @@ def test_offline_run_reports_and_stops_at_the_first_passing_checkpoint(offline_r
 def test_standalone_evaluator_reuses_scores_and_reports_by_rule(offline_run, debug_data):
     _, run_dir = offline_run
     data = str(debug_data("stable_diffusion"))
-    logged = _scores(read_events(run_dir / "mlperf_log.txt"))
+    logged = eval_scores(read_events(run_dir / "mlperf_log.txt"))
     r = _evaluator("--data-dir", data, "--run-dir", str(run_dir), "eval.offline_report=all")
     assert r.returncode == 0, r.stdout + r.stderr
     evals = re.findall(r"^EVAL,stable_diffusion,(\d+),FID,([\d.]+),CLIP,([\d.]+)$", r.stdout, re.M)
@@ -169,7 +161,7 @@ def test_offline_run_with_no_passing_checkpoint_is_aborted(offline_run, debug_da
     log.close()
     assert verdict.status == "aborted" and verdict.time_ms is None and "none of the 4 checkpoints" in verdict.reason
     assert [s for s, _ in verdict.evals] == [640, 1280, 1920, 2560] and all(v < 1 for _, v in verdict.evals)
-    assert sorted(_scores(read_events(tmp_path / "log.txt"))) == [640, 1280, 1920, 2560]
+    assert sorted(eval_scores(read_events(tmp_path / "log.txt"))) == [640, 1280, 1920, 2560]
 
 
 def test_resumed_offline_run_evaluates_every_attempts_checkpoints(offline_run, debug_data, tmp_path):
@@ -188,7 +180,7 @@ def test_resumed_offline_run_evaluates_every_attempts_checkpoints(offline_run, d
     assert sorted(index) == [640, 1280, 1920, 2560]
     assert events[-1]["key"] == "run_stop" and events[-1]["time_ms"] == index[1920]["time_ms"]
     # the same weights as the uninterrupted run at every checkpoint, so the same scores
-    resumed, full = _scores(events), _scores(read_events(full_dir / "mlperf_log.txt"))
+    resumed, full = eval_scores(events), eval_scores(read_events(full_dir / "mlperf_log.txt"))
     assert sorted(resumed) == sorted(full) == [1280, 1920]
     for samples in full:
         assert resumed[samples] == pytest.approx(full[samples], rel=1e-6)
@@ -273,8 +265,8 @@ def test_a_sigterm_in_the_offline_phase_keeps_the_scores_found_and_the_resume_ev
     log.close()
     assert [os.path.basename(p) for p in loaded] == ["unet_000000001280.pt", "unet_000000001920.pt"]
     assert verdict.status == "success" and verdict.samples == 1920
-    full = _scores(read_events(first_dir / "mlperf_log.txt"))
-    resumed = _scores(read_events(tmp_path / "log.txt"))
+    full = eval_scores(read_events(first_dir / "mlperf_log.txt"))
+    resumed = eval_scores(read_events(tmp_path / "log.txt"))
     assert sorted(resumed) == sorted(full) == [1280, 1920]
     for samples in full:
         assert resumed[samples] == pytest.approx(full[samples], rel=1e-9)

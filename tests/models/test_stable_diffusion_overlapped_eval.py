@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 import psutil
 import pytest
 import torch
-from conftest import REPO, build_logged, compliance, read_events, train_command
+from conftest import REPO, build_logged, compliance, eval_scores, read_events, train_command
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,14 +29,6 @@ from runtime.pending_eval import BackgroundScorer, PendingEval  # noqa: E402
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SEED = ["--seed", "1"]  # seed 1 first passes both debug targets at the checkpoint of 1920 images
 OVERLAPPED = [*SEED, "train.eval_mode=overlapped"]
-
-
-def _scores(events) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for e in events:
-        if e["key"] == "eval_accuracy":
-            out.setdefault(e["metadata"]["samples_count"], {})[e["metadata"]["metric"]] = e["value"]
-    return out
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -97,7 +89,7 @@ def test_debug_run_reaches_its_target_with_the_inline_runs_scores_and_a_complian
     keys = [e["key"] for e in events]
     assert keys[-1] == "run_stop" and events[-1]["metadata"]["status"] == "success"
     # FID and CLIP at each checkpoint up to the first pass, equal to the inline run's (same weights, same code)
-    scores, inline_scores = _scores(events), _scores(read_events(inline_dir / "mlperf_log.txt"))
+    scores, inline_scores = eval_scores(events), eval_scores(read_events(inline_dir / "mlperf_log.txt"))
     assert sorted(inline_scores) == [640, 1280, 1920]
     assert sorted(scores) == [640, 1280, 1920]
     for samples, metrics in inline_scores.items():
@@ -149,7 +141,7 @@ def test_sigterm_mid_run_saves_leaves_no_scorer_and_resumes_to_the_same_scores(r
     _assert_no_orphans(children)
     events = read_events(tmp_path / "run" / "mlperf_log.txt")
     assert events[-1]["key"] == "run_stop" and events[-1]["metadata"]["status"] == "aborted"
-    assert sorted(_scores(events)) == [640]
+    assert sorted(eval_scores(events)) == [640]
     assert (tmp_path / "ck" / "latest.pt").exists()
 
     second = subprocess.run(train_command("stable_diffusion", data, tmp_path / "run", *resume), cwd=REPO, env=ENV,
@@ -162,8 +154,8 @@ def test_sigterm_mid_run_saves_leaves_no_scorer_and_resumes_to_the_same_scores(r
     keys = [e["key"] for e in events]
     assert keys[-3:] == ["eval_accuracy", "eval_accuracy", "run_stop"]
     assert events[-1]["metadata"]["status"] == "aborted"
-    full = _scores(read_events(runs["overlapped"][3] / "mlperf_log.txt"))
-    resumed = _scores(events)
+    full = eval_scores(read_events(runs["overlapped"][3] / "mlperf_log.txt"))
+    resumed = eval_scores(events)
     assert sorted(resumed) == [1280] and resumed[1280] == pytest.approx(full[1280], rel=1e-9)
 
 

@@ -22,16 +22,20 @@ class _Numbers(Dataset):
         return torch.tensor([i])
 
 
-def _workers() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def test_a_sigterm_from_elsewhere_is_ignored_and_the_parents_ends_the_worker():
+    # Processes earlier tests left for the session (multiprocessing's resource tracker, started by any spawn) are
+    # not this loader's worker.
+    before = _children()
     loader = DataLoader(_Numbers(), batch_size=4, num_workers=1, persistent_workers=True,
                         worker_init_fn=ignore_sigterm)
     batches = iter(loader)
     assert next(batches).tolist() == [[0], [1], [2], [3]]
-    worker, = _workers()
+    pid, = _children() - before
+    worker = psutil.Process(pid)
     # Slurm's SIGTERM comes from slurmstepd, not from the worker's parent: the worker keeps feeding the rank.
     subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
     time.sleep(0.5)

@@ -166,3 +166,14 @@ def build_logged(spec, cfg, run_dir: Path):
     bench.log_hyperparameters()
     log.close()
     return bench, {e["key"]: e["value"] for e in read_events(run_dir / "log.txt")}
+
+
+@pytest.fixture
+def clean(monkeypatch):
+    """kernels/backends.py's cached answers and MLPERF_KERNELS cleared around a test that fakes TE or apex."""
+    from kernels import backends
+
+    backends.reset()
+    monkeypatch.delenv("MLPERF_KERNELS", raising=False)
+    yield monkeypatch
+    backends.reset()

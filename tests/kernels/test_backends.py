@@ -23,14 +23,6 @@ def _module(name: str, **attrs) -> types.ModuleType:
     return module
 
 
-@pytest.fixture
-def clean(monkeypatch):
-    backends.reset()
-    monkeypatch.delenv("MLPERF_KERNELS", raising=False)
-    yield monkeypatch
-    backends.reset()
-
-
 def fake_te(monkeypatch, *, new_api: bool, fp8_ok: bool):
     """TE >= 2.x style (te.is_fp8_available(return_reason=True)) or older (te.fp8.check_fp8_support())."""
     answer = (fp8_ok, "" if fp8_ok else "Device compute capability 8.9 or higher required for FP8 execution.")

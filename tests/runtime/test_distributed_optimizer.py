@@ -381,14 +381,6 @@ def test_state_forms_and_constructor_arguments(two_ranks):
         assert all("segments" not in keys and "layer_adaptation" not in keys for keys in lamb["group_keys"])
 
 
-@pytest.fixture
-def clean(monkeypatch):
-    backends.reset()
-    monkeypatch.delenv("MLPERF_KERNELS", raising=False)
-    yield monkeypatch
-    backends.reset()
-
-
 @pytest.mark.parametrize("name,cls", [("adamw", "DistributedFusedAdam"), ("lamb", "DistributedFusedLAMB")])
 def test_flag_without_apex_is_a_one_line_error(clean, name, cls):
     clean.setitem(sys.modules, "apex", None)  # as on the CPU set

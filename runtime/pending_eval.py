@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import multiprocessing.connection
 import signal
 from typing import Callable
 
@@ -105,14 +106,17 @@ class BackgroundScorer:
         (one the finished run will never log: the interpreter would otherwise wait for it at exit)."""
         if self._executor is not None:
             workers = list((self._executor._processes or {}).values()) if abandon else []
+            manager = self._executor._executor_manager_thread
             self._executor.shutdown(wait=False, cancel_futures=True)
             for process in workers:  # SIGTERM from its parent: the one the worker obeys (_init_worker)
                 process.terminate()
             for process in workers:
-                process.join(timeout=60)
-                if process.is_alive():  # not answering its parent's SIGTERM: no orphan left behind either way
-                    process.kill()
-                    process.join()
+                # Its exit, not a join: the executor's own thread reaps the same child, and the join that
+                # loses that race sees no exit status and a process still "alive".
+                if not multiprocessing.connection.wait([process.sentinel], timeout=60):
+                    process.kill()  # not answering its parent's SIGTERM: no orphan left behind either way
+            if workers and manager is not None:
+                manager.join(timeout=60)  # it reaps the workers and fails what they were computing
             self._executor = None
 
 

@@ -6,25 +6,21 @@ pending at its budget's end."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import re
 import signal
 import subprocess
 import time
-from concurrent.futures.process import BrokenProcessPool
 
 import psutil
 import pytest
-import torch
 from conftest import REPO, build_logged, compliance, eval_scores, read_events, train_command
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from models.stable_diffusion import SPEC  # noqa: E402
 from models.stable_diffusion.offline_eval import DIR_NAME, SCORES, read_index  # noqa: E402
-from runtime.pending_eval import BackgroundScorer, PendingEval  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SEED = ["--seed", "1"]  # seed 1 first passes both debug targets at the checkpoint of 1920 images
@@ -182,58 +178,3 @@ def test_a_scorer_that_cannot_be_set_up_fails_its_scores_naming_the_reason(tmp_p
     offline_eval.start_scorer(cfg, str(tmp_path), str(tmp_path / DIR_NAME), "cpu")  # no eval inputs there
     with pytest.raises(RuntimeError, match=rf"scoring process could not be set up: .*{PROMPTS_FILE}"):
         offline_eval.score_checkpoint({"path": str(tmp_path / "unet.pt"), "samples_count": 640, "time_ms": 1})
-
-
-def test_pending_eval_extras_arrive_with_the_score():
-    future = concurrent.futures.Future()
-    pending = PendingEval(future, world_size=1, device=torch.device("cpu"), extras=2)
-    assert pending.poll(wait=False) is None and pending.extras is None
-    future.set_result((1.25, 28.5, 0.19))
-    assert pending.poll(wait=False) == 1.25 and pending.extras == (28.5, 0.19)
-    wrong = concurrent.futures.Future()
-    wrong.set_result((1.0, 2.0))
-    with pytest.raises(RuntimeError, match="returned 2 numbers, expected the score and 2 extras"):
-        PendingEval(wrong, world_size=1, device=torch.device("cpu"), extras=2).poll(wait=True)
-
-
-def _poll_on_two_ranks(rank, init_file, results):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        future = None
-        if rank == 0:  # only rank 0 has the scorer's future
-            future = concurrent.futures.Future()
-            future.set_result((0.75, 31.5, 0.17))
-        pending = PendingEval(future, world_size=2, device=torch.device("cpu"), extras=2)
-        results[rank] = (pending.poll(wait=True), pending.extras)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_every_rank_learns_the_extras_with_the_score(tmp_path):
-    import torch.multiprocessing as mp
-
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_poll_on_two_ranks, args=(str(tmp_path / "init"), results), nprocs=2)
-        assert dict(results) == {0: (0.75, (31.5, 0.17)), 1: (0.75, (31.5, 0.17))}
-
-
-def _sleep(seconds):
-    time.sleep(seconds)
-    return seconds
-
-
-def test_closing_the_scorer_abandons_a_score_still_computing():
-    scorer = BackgroundScorer(int, ())
-    scorer.start()
-    assert scorer.submit(_sleep, 0).result(timeout=120) == 0  # the worker is up
-    (worker,) = scorer._executor._processes.values()
-    busy = scorer.submit(_sleep, 60)
-    time.sleep(0.5)
-    t0 = time.time()
-    scorer.close(abandon=True)
-    assert time.time() - t0 < 20
-    assert not worker.is_alive() and worker.exitcode is not None  # reaped, its exit status known
-    assert isinstance(busy.exception(timeout=30), BrokenProcessPool)  # never a result from a killed worker

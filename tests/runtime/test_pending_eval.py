@@ -1,13 +1,17 @@
 """Evaluations scored in the background: the loop logs each score when it arrives, in order, under the
 evaluated block's epoch, stops at the first passing one, awaits what is pending at the budget's end, and a
-failed scorer fails the run instead of hanging it. The scoring process survives Slurm's job-wide SIGTERM."""
+failed scorer fails the run instead of hanging it. The scoring process survives Slurm's job-wide SIGTERM, a
+score's extras (SD's FID and CLIP beside its verdict) reach every rank, and closing the scorer can abandon a score
+it is still computing."""
 
 import concurrent.futures
 import os
 import subprocess
 import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
+import torch
 from conftest import compliance
 from test_loop import Toy, _ctx, _events
 
@@ -140,3 +144,58 @@ def test_the_scoring_process_ignores_a_foreign_sigterm(tmp_path):
         assert scorer.submit(_slow_square, 3).result(timeout=60) == 9
     finally:
         scorer.close()
+
+
+def test_pending_eval_extras_arrive_with_the_score():
+    future = concurrent.futures.Future()
+    pending = PendingEval(future, world_size=1, device=torch.device("cpu"), extras=2)
+    assert pending.poll(wait=False) is None and pending.extras is None
+    future.set_result((1.25, 28.5, 0.19))
+    assert pending.poll(wait=False) == 1.25 and pending.extras == (28.5, 0.19)
+    wrong = concurrent.futures.Future()
+    wrong.set_result((1.0, 2.0))
+    with pytest.raises(RuntimeError, match="returned 2 numbers, expected the score and 2 extras"):
+        PendingEval(wrong, world_size=1, device=torch.device("cpu"), extras=2).poll(wait=True)
+
+
+def _poll_on_two_ranks(rank, init_file, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        future = None
+        if rank == 0:  # only rank 0 has the scorer's future
+            future = concurrent.futures.Future()
+            future.set_result((0.75, 31.5, 0.17))
+        pending = PendingEval(future, world_size=2, device=torch.device("cpu"), extras=2)
+        results[rank] = (pending.poll(wait=True), pending.extras)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_learns_the_extras_with_the_score(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_poll_on_two_ranks, args=(str(tmp_path / "init"), results), nprocs=2)
+        assert dict(results) == {0: (0.75, (31.5, 0.17)), 1: (0.75, (31.5, 0.17))}
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_closing_the_scorer_abandons_a_score_still_computing():
+    scorer = BackgroundScorer(int, ())
+    scorer.start()
+    assert scorer.submit(_sleep, 0).result(timeout=120) == 0  # the worker is up
+    (worker,) = scorer._executor._processes.values()
+    busy = scorer.submit(_sleep, 60)
+    time.sleep(0.5)
+    t0 = time.time()
+    scorer.close(abandon=True)
+    assert time.time() - t0 < 20
+    assert not worker.is_alive() and worker.exitcode is not None  # reaped, its exit status known
+    assert isinstance(busy.exception(timeout=30), BrokenProcessPool)  # never a result from a killed worker

@@ -153,6 +153,12 @@ class Benchmark(abc.ABC):
         self.cfg = cfg
         self.ctx = ctx
 
+    @classmethod  # noqa: B027 (an optional check, not an abstract one)
+    def check_settings(cls, cfg: BenchmarkConfig, run_dir: str) -> None:
+        """What is wrong with the settings that can be known before anything is built or written into `run_dir`:
+        runtime/train.py asks first, so that such a run fails in its first second and leaves the directory as it
+        was."""
+
     @property
     def global_batch_size(self) -> int:
         return self.cfg.train.global_batch_size

@@ -129,6 +129,8 @@ def _run(args, timed: list) -> int:
         cfg.run.seed = args.seed
     check_run_settings(spec, cfg, args.data_dir)
     resume_seed(cfg)
+    run_dir = args.run_dir or os.path.join("runs", f"{args.benchmark}_{datetime.datetime.now():%Y%m%d_%H%M%S}")
+    spec.benchmark.check_settings(cfg, run_dir)
 
     launch = detect_launch()
     device = pick_device(launch)
@@ -141,7 +143,6 @@ def _run(args, timed: list) -> int:
         heartbeat = watchdog.Heartbeat(launch.master_addr, launch.master_port, launch.rank,
                                        launch.world_size).start()
 
-    run_dir = args.run_dir or os.path.join("runs", f"{args.benchmark}_{datetime.datetime.now():%Y%m%d_%H%M%S}")
     is_main = launch.rank == 0
     log_path = attempt_log_path(run_dir) if is_main else ""
     log = MLPerfLogger(log_path, enabled=is_main and not args.eval_only)

@@ -104,6 +104,17 @@ def eval_interval_steps(cfg: StableDiffusionConfig) -> int:
     return math.ceil(cfg.train.checkpoint_every_images / cfg.train.global_batch_size)
 
 
+def offline_checkpoint_dir(cfg: StableDiffusionConfig, run_dir: str) -> str:
+    """Where the kept UNet checkpoints go (train.eval_mode offline and overlapped)."""
+    return cfg.eval.checkpoints or os.path.join(cfg.run.checkpoint_dir or run_dir, offline_eval.DIR_NAME)
+
+
+def _resuming(cfg: StableDiffusionConfig) -> bool:
+    run = cfg.run
+    return bool(run.checkpoint_dir and run.resume and
+                os.path.exists(os.path.join(run.checkpoint_dir, checkpoint.LATEST)))
+
+
 class StableDiffusionBenchmark(DataParallelBenchmark):
     precisions = ("fp32", "tf32", "bf16", "fp16")
     eval_counters = ("clip_sum", "images")
@@ -111,25 +122,8 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
     def __init__(self, cfg: StableDiffusionConfig, ctx: RunContext, *, evaluation_only: bool = False):
         """`evaluation_only`: built to score another run's checkpoints (offline_eval.evaluation_benchmark)."""
         super().__init__(cfg, ctx)
-        d, t, o, e = cfg.data, cfg.train, cfg.optim, cfg.eval
-        if d.loader not in ("stream", "indexed"):
-            raise ValueError(f"data.loader={d.loader!r}: expected 'stream' or 'indexed'")
-        if e.eta != 0.0:
-            raise ValueError(f"eval.eta={e.eta}: the sampler is deterministic DDIM (eta 0)")
-        if t.eval_mode not in EVAL_MODES:
-            raise ValueError(f"train.eval_mode={t.eval_mode!r}: expected one of {EVAL_MODES}")
-        if t.eval_mode == "overlapped" and cfg.run.checkpoint_every_blocks:
-            # the loop awaits every pending score before a resume checkpoint: evaluation would stall training
-            raise ValueError(f"train.eval_mode=overlapped with run.checkpoint_every_blocks="
-                             f"{cfg.run.checkpoint_every_blocks}: each checkpoint would wait for its evaluation; "
-                             f"set run.checkpoint_every_blocks=0 (a SIGTERM still saves one)")
-        if e.offline_report not in offline_eval.REPORT_RULES:
-            raise ValueError(f"eval.offline_report={e.offline_report!r}: expected one of {offline_eval.REPORT_RULES}")
-        if t.max_images < t.checkpoint_every_images:
-            raise ValueError(f"train.max_images={t.max_images} < train.checkpoint_every_images="
-                             f"{t.checkpoint_every_images}: no evaluation would run")
-        if t.eval_mode != "inline" and not evaluation_only:
-            self._refuse_another_runs_checkpoints()
+        self.check_settings(cfg, ctx.run_dir, evaluation_only=evaluation_only)
+        t, o = cfg.train, cfg.optim
         if ctx.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
         # Before the model is built: optim.distributed=true without apex fails in the first second. Our FusedAdamW,
@@ -157,21 +151,37 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         self._scorer: BackgroundScorer | None = None  # rank 0's, train.eval_mode=overlapped
         self._overlapped: collections.deque = collections.deque()  # (samples, PendingEval) not yet logged
 
+    @classmethod
+    def check_settings(cls, cfg: StableDiffusionConfig, run_dir: str, *, evaluation_only: bool = False) -> None:
+        """What is wrong with the settings, before anything is built or written into the run directory."""
+        d, t, e = cfg.data, cfg.train, cfg.eval
+        if d.loader not in ("stream", "indexed"):
+            raise ValueError(f"data.loader={d.loader!r}: expected 'stream' or 'indexed'")
+        if e.eta != 0.0:
+            raise ValueError(f"eval.eta={e.eta}: the sampler is deterministic DDIM (eta 0)")
+        if t.eval_mode not in EVAL_MODES:
+            raise ValueError(f"train.eval_mode={t.eval_mode!r}: expected one of {EVAL_MODES}")
+        if t.eval_mode == "overlapped" and cfg.run.checkpoint_every_blocks:
+            # the loop awaits every pending score before a resume checkpoint: evaluation would stall training
+            raise ValueError(f"train.eval_mode=overlapped with run.checkpoint_every_blocks="
+                             f"{cfg.run.checkpoint_every_blocks}: each checkpoint would wait for its evaluation; "
+                             f"set run.checkpoint_every_blocks=0 (a SIGTERM still saves one)")
+        if e.offline_report not in offline_eval.REPORT_RULES:
+            raise ValueError(f"eval.offline_report={e.offline_report!r}: expected one of {offline_eval.REPORT_RULES}")
+        if t.max_images < t.checkpoint_every_images:
+            raise ValueError(f"train.max_images={t.max_images} < train.checkpoint_every_images="
+                             f"{t.checkpoint_every_images}: no evaluation would run")
+        if t.eval_mode != "inline" and not evaluation_only:
+            # A run that does not resume starts from an empty checkpoint directory: one holding checkpoints is
+            # another run's (or an earlier attempt's that left no resume checkpoint), whose scores would count
+            # as this run's.
+            directory = offline_checkpoint_dir(cfg, run_dir)
+            if not _resuming(cfg) and offline_eval.holds_checkpoints(directory):
+                raise ValueError(f"{directory} already holds checkpoints (unet_*.json) and this run does not "
+                                 f"resume (no {checkpoint.LATEST} in run.checkpoint_dir): give it another "
+                                 f"--run-dir or eval.checkpoints, or remove them")
+
     # -- the run's identity in its checkpoint directory (offline_eval.py) -------------------------------------
-    def _resuming(self) -> bool:
-        run = self.cfg.run
-        return bool(run.checkpoint_dir and run.resume and
-                    os.path.exists(os.path.join(run.checkpoint_dir, checkpoint.LATEST)))
-
-    def _refuse_another_runs_checkpoints(self) -> None:
-        """A run that does not resume starts from an empty checkpoint directory: one holding checkpoints is another
-        run's (or an earlier attempt's that left no resume checkpoint), whose scores would count as this run's."""
-        directory = self.offline_checkpoint_dir()
-        if not self._resuming() and offline_eval.holds_checkpoints(directory):
-            raise ValueError(f"{directory} already holds checkpoints (unet_*.json) and this run does not resume "
-                             f"(no {checkpoint.LATEST} in run.checkpoint_dir): give it another --run-dir or "
-                             f"eval.checkpoints, or remove them")
-
     def _agree_on_run_id(self) -> str:
         """Rank 0's random id, on every rank (each rank reads the checkpoint index; all must read the same)."""
         value = torch.tensor([secrets.randbits(62)], dtype=torch.int64, device=self.ctx.device)
@@ -453,8 +463,7 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         return self.cfg.train.eval_mode == "offline"
 
     def offline_checkpoint_dir(self) -> str:
-        return self.cfg.eval.checkpoints or os.path.join(self.cfg.run.checkpoint_dir or self.ctx.run_dir,
-                                                         offline_eval.DIR_NAME)
+        return offline_checkpoint_dir(self.cfg, self.ctx.run_dir)
 
     def _checkpoint_meta(self, step: int, samples: int, timed_seconds: float | None) -> dict:
         return {"samples_count": samples, "step": step, "time_ms": now_ms(), "timed_seconds": timed_seconds,

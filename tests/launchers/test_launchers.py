@@ -1069,6 +1069,31 @@ def wait_for_job(job_id: str, timeout_s: float) -> None:
     raise AssertionError(f"job {job_id} still {job_field(job_id, 'JobState')} after {timeout_s:.0f} s; cancelled")
 
 
+def sbatch_config(config: Path, env: dict, out_dir: Path, *sbatch_args: str) -> str:
+    """`source <config> && sbatch ... launchers/<benchmark>.sub`, as a user submits it; returns the job id. The job's
+    output goes to out_dir/slurm-<job>.out."""
+    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable {' '.join(sbatch_args)} "
+              f"-o {shlex.quote(str(out_dir))}/slurm-%j.out -N $DGXNNODES -t $WALLTIME "
+              f"launchers/{config.parent.name}.sub")
+    r = run(["bash", "-c", submit], env)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+def job_output(out_dir: Path) -> str:
+    return "".join(p.read_text() for p in out_dir.glob("slurm-*.out"))
+
+
+def run_job(config: Path, env: dict, out_dir: Path) -> tuple[str, str]:
+    """Submit, wait for the job's end (its own time limit: NEXP runs of WALLTIME_RUNANDTIME minutes, plus a little)
+    and check that it COMPLETED; returns (job id, its output)."""
+    job_id = sbatch_config(config, env, out_dir)
+    wait_for_job(job_id, timeout_s=(int(env["NEXP"]) * int(env["WALLTIME_RUNANDTIME"]) + 5 + 2) * 60)
+    output = job_output(out_dir)
+    assert job_field(job_id, "JobState") == "COMPLETED", output[-4000:]
+    return job_id, output
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_sbatch_resnet_sub_cpu_config(local_slurm, resnet_debug_data, tmp_path):
@@ -1080,17 +1105,9 @@ def test_sbatch_resnet_sub_cpu_config(local_slurm, resnet_debug_data, tmp_path):
     # WALLTIME_RUNANDTIME: a shared 2-core machine can be many times slower than the config's estimate.
     env = clean_env(DATADIR=resnet_debug_data, LOGDIR=logdir, NEXP=2, SEED_BASE=4242, DATESTAMP=datestamp,
                     MASTER_PORT=free_port(), DROPCACHE_METHOD="fadvise", WALLTIME_RUNANDTIME=15)
-    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable -o {shlex.quote(str(tmp_path))}/slurm-%j.out "
-              f"-N $DGXNNODES -t $WALLTIME launchers/resnet.sub")
-    r = run(["bash", "-c", submit], env)
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().split(";")[0]
-    wait_for_job(job_id, timeout_s=(2 * 15 + 5 + 2) * 60)  # the job's own time limit, plus a little
-    job_output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
-
-    assert job_field(job_id, "JobState") == "COMPLETED", job_output[-4000:]
+    job_id, output = run_job(config, env, tmp_path)
     assert job_field(job_id, "ExitCode") == "0:0"
-    assert "run.sub: 2 run(s), 0 failed, 0 failed the compliance check" in job_output
+    assert "run.sub: 2 run(s), 0 failed, 0 failed the compliance check" in output
     for i, seed in ((1, 4242), (2, 4243)):
         log = logdir / f"{datestamp}_{i}.log"
         assert_compliant(log)
@@ -1125,14 +1142,7 @@ def test_sbatch_gpt3_sub_cpu_config(local_slurm, gpt3_debug_data, tmp_path):
     env = clean_env(DATADIR=gpt3_debug_data, LOAD_CHECKPOINTS_PATH=gpt3_debug_data / "init_checkpoint", LOGDIR=logdir,
                     NEXP=1, SEED_BASE=11, DATESTAMP="gpt3run", MASTER_PORT=free_port(), DROPCACHE_METHOD="fadvise",
                     CHECK_COMPLIANCE=0, WALLTIME_RUNANDTIME=20)
-    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable -o {shlex.quote(str(tmp_path))}/slurm-%j.out "
-              f"-N $DGXNNODES -t $WALLTIME launchers/gpt3.sub")
-    r = run(["bash", "-c", submit], env)
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().split(";")[0]
-    wait_for_job(job_id, timeout_s=(20 + 5 + 2) * 60)
-    job_output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
-    assert job_field(job_id, "JobState") == "COMPLETED", job_output[-4000:]
+    run_job(config, env, tmp_path)
     log = logdir / "gpt3run_1.log"
     text = log.read_text()
     assert f"loaded the initial checkpoint {gpt3_debug_data}/init_checkpoint" in text, text[-3000:]
@@ -1154,15 +1164,8 @@ def test_sbatch_unet3d_sub_cpu_config(local_slurm, debug_data, tmp_path):
     config = LAUNCHERS / "unet3d" / "config_CPU_01x02x1.sh"
     env = clean_env(DATADIR=data, LOGDIR=logdir, NEXP=1, SEED_BASE=31, DATESTAMP="unet3drun", MASTER_PORT=free_port(),
                     DROPCACHE_METHOD="fadvise", WALLTIME_RUNANDTIME=15)
-    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable -o {shlex.quote(str(tmp_path))}/slurm-%j.out "
-              f"-N $DGXNNODES -t $WALLTIME launchers/unet3d.sub")
-    r = run(["bash", "-c", submit], env)
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().split(";")[0]
-    wait_for_job(job_id, timeout_s=(15 + 5 + 2) * 60)
-    job_output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
-    assert job_field(job_id, "JobState") == "COMPLETED", job_output[-4000:]
-    assert "run.sub: 1 run(s), 0 failed, 0 failed the compliance check" in job_output, job_output[-4000:]
+    _, output = run_job(config, env, tmp_path)
+    assert "run.sub: 1 run(s), 0 failed, 0 failed the compliance check" in output, output[-4000:]
     log = logdir / "unet3drun_1.log"
     assert_compliant(log)
     assert "SUCCESS" in (logdir / "unet3drun_1_compliance.txt").read_text()
@@ -1195,14 +1198,7 @@ def test_sbatch_requeued_job_resumes_the_interrupted_run(local_slurm, resnet_deb
     env = clean_env(DATADIR=resnet_debug_data, LOGDIR=logdir, NEXP=1, MASTER_PORT=free_port(),
                     DROPCACHE_METHOD="fadvise", WALLTIME_RUNANDTIME=15, CHECKPOINT_EVERY_BLOCKS=1, EXTRA_ARGS=extra)
     # --open-mode=append: the job's output file keeps the first start's lines when the requeued job reopens it.
-    submit = (f"source {shlex.quote(str(config))} && sbatch --parsable --requeue --open-mode=append "
-              f"-o {shlex.quote(str(tmp_path))}/slurm-%j.out -N $DGXNNODES -t $WALLTIME launchers/resnet.sub")
-    r = run(["bash", "-c", submit], env)
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().split(";")[0]
-
-    def job_output() -> str:
-        return "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    job_id = sbatch_config(config, env, tmp_path, "--requeue", "--open-mode=append")
 
     try:
         # Requeue once the first attempt has evaluated once (so a periodic checkpoint exists) and trains on.
@@ -1213,8 +1209,8 @@ def test_sbatch_requeued_job_resumes_the_interrupted_run(local_slurm, resnet_deb
             evaluated = re.search(r"^0: eval after \d+ samples", text, re.M)
             if evaluated and re.search(r"^0: step \d+/", text[evaluated.end():], re.M):
                 break
-            assert job_field(job_id, "JobState") in ("PENDING", "RUNNING"), job_output()[-4000:]
-            assert time.time() < deadline, f"no eval in the first attempt's log after 15 min\n{job_output()[-4000:]}"
+            assert job_field(job_id, "JobState") in ("PENDING", "RUNNING"), job_output(tmp_path)[-4000:]
+            assert time.time() < deadline, "first attempt: no eval in 15 min\n" + job_output(tmp_path)[-3000:]
             time.sleep(0.5)
         subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
         # Slurm holds a requeued job back for its credentials' lifetime (EligibleTime = requeue + 121 s): once
@@ -1227,7 +1223,7 @@ def test_sbatch_requeued_job_resumes_the_interrupted_run(local_slurm, resnet_deb
         subprocess.run(["scancel", job_id])
         raise
     wait_for_job(job_id, timeout_s=(15 + 5 + 2) * 60)
-    output = job_output()
+    output = job_output(tmp_path)
 
     assert job_field(job_id, "JobState") == "COMPLETED", output[-4000:]
     assert job_field(job_id, "Restarts") == "1" and job_field(job_id, "ExitCode") == "0:0"

@@ -116,33 +116,51 @@ def test_debug_run_reaches_its_target_with_a_compliant_log(name, debug_run, tmp_
 
 
 # -- layouts and resume ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_process_run(debug_data, tmp_path_factory):
+    """one_process_run(name) -> the run directory of STEPS steps in one process at the parity settings (seed 7,
+    deterministic, the one-process micro-batching): the reference of both the two-rank and the resume test."""
+    done: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            run_dir = tmp_path_factory.mktemp(f"{name}_one_process")
+            _train(name, debug_data(name), run_dir, *_parity_settings(name), f"run.max_steps={STEPS}")
+            done[name] = run_dir
+        return done[name]
+
+    return get
+
+
+def _parity_settings(name: str, one_process: bool = True) -> list[str]:
+    parity = SPECS[name].parity
+    return ["--seed", "7", "run.log_every_steps=1", *parity.deterministic, *(parity.one_process if one_process else ())]
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_two_data_parallel_ranks_match_one_process(name, debug_data, tmp_path):
+def test_two_data_parallel_ranks_match_one_process(name, debug_data, one_process_run, tmp_path):
     """Same global batch: one process (accumulating micro-batches where the benchmark says so) against two
     data-parallel ranks; they differ only in float summation order."""
-    parity = SPECS[name].parity
-    common = ["--seed", "7", "run.log_every_steps=1", f"run.max_steps={STEPS}", *parity.deterministic]
-    data = debug_data(name)
-    _train(name, data, tmp_path / "one", *common, *parity.one_process)
-    out = _train(name, data, tmp_path / "two", *common, ranks=2)
+    out = _train(name, debug_data(name), tmp_path / "two", *_parity_settings(name, one_process=False),
+                 f"run.max_steps={STEPS}", ranks=2)
     assert "world=2 dp=2" in out
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one, two = _losses(one_process_run(name)), _losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
     for step in one:
-        assert two[step] == pytest.approx(one[step], rel=parity.rel, abs=1e-6), (step, one, two)
+        assert two[step] == pytest.approx(one[step], rel=SPECS[name].parity.rel, abs=1e-6), (step, one, two)
     assert one[STEPS] != one[1]  # it trained
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_resume_gives_the_uninterrupted_losses(name, debug_data, tmp_path):
-    common = ["--seed", "3", "run.log_every_steps=1", *SPECS[name].parity.deterministic]
-    data = debug_data(name)
-    _train(name, data, tmp_path / "full", *common, f"run.max_steps={STEPS}")
+def test_resume_gives_the_uninterrupted_losses(name, debug_data, one_process_run, tmp_path):
+    """Half the steps, then the same command again from the checkpoint: the second half's losses are the
+    uninterrupted run's (the two-rank test's one-process reference, micro-batching included)."""
+    data, common = debug_data(name), _parity_settings(name)
     checkpoints = f"run.checkpoint_dir={tmp_path / 'ck'}"
     _train(name, data, tmp_path / "first", *common, f"run.max_steps={STEPS // 2}", checkpoints)
     out = _train(name, data, tmp_path / "resumed", *common, f"run.max_steps={STEPS}", checkpoints)
     assert "resumed from" in out
-    full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "resumed")
+    full, resumed = _losses(one_process_run(name)), _losses(tmp_path / "resumed")
     assert sorted(resumed) == list(range(STEPS // 2 + 1, STEPS + 1))
     for step, loss in resumed.items():
         assert loss == pytest.approx(full[step], rel=1e-6), (step, resumed, full)

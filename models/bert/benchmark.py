@@ -63,14 +63,18 @@ def write_synthetic_data(cfg: BertConfig, out_dir: str) -> None:
 class BertBenchmark(DataParallelBenchmark):
     eval_counters = ("correct", "masked", "samples")
 
-    def __init__(self, cfg: BertConfig, ctx: RunContext):
-        super().__init__(cfg, ctx)
-        t, o = cfg.train, cfg.optim
-        # Before the model is built: optim.distributed=true without apex fails in the first second.
-        lamb = distributed_optimizer_class("lamb") if o.distributed else optimizer_class("lamb")
+    @classmethod
+    def check_settings(cls, cfg: BertConfig, run_dir: str) -> None:
         if cfg.data.max_seq_length > cfg.model.max_position_embeddings:
             raise ValueError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds "
                              f"model.max_position_embeddings={cfg.model.max_position_embeddings}")
+
+    def __init__(self, cfg: BertConfig, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        self.check_settings(cfg, ctx.run_dir)
+        t, o = cfg.train, cfg.optim
+        # Before the model is built: optim.distributed=true without apex fails in the first second.
+        lamb = distributed_optimizer_class("lamb") if o.distributed else optimizer_class("lamb")
         if ctx.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
 

@@ -52,13 +52,8 @@ class GNNBenchmark(DataParallelBenchmark):
 
     def __init__(self, cfg: GNNConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
+        self.check_settings(cfg, ctx.run_dir)
         t, d = cfg.train, cfg.data
-        if t.grad_accum != 1:
-            raise ValueError(f"train.grad_accum={t.grad_accum}: R-GAT trains without accumulation")
-        if d.feature_dim != cfg.model.in_channels:
-            raise ValueError(f"data.feature_dim={d.feature_dim} differs from model.in_channels={cfg.model.in_channels}")
-        if not 0 < t.eval_fraction <= 1 or t.max_epochs < 1:
-            raise ValueError(f"train.eval_fraction={t.eval_fraction} must be in (0, 1] and train.max_epochs >= 1")
         if ctx.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
         self.steps_per_epoch = math.ceil(d.train_samples / t.global_batch_size)  # the last batch is partial
@@ -66,6 +61,16 @@ class GNNBenchmark(DataParallelBenchmark):
         trainable = [p for p in unwrap(self.model).parameters() if p.requires_grad]
         # our FusedAdam, or apex's under MLPERF_KERNELS=apex
         self.optimizer = optimizer_class("adam")(trainable, lr=cfg.optim.base_lr)
+
+    @classmethod
+    def check_settings(cls, cfg: GNNConfig, run_dir: str) -> None:
+        t, d = cfg.train, cfg.data
+        if t.grad_accum != 1:
+            raise ValueError(f"train.grad_accum={t.grad_accum}: R-GAT trains without accumulation")
+        if d.feature_dim != cfg.model.in_channels:
+            raise ValueError(f"data.feature_dim={d.feature_dim} differs from model.in_channels={cfg.model.in_channels}")
+        if not 0 < t.eval_fraction <= 1 or t.max_epochs < 1:
+            raise ValueError(f"train.eval_fraction={t.eval_fraction} must be in (0, 1] and train.max_epochs >= 1")
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:

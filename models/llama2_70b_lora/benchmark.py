@@ -112,14 +112,18 @@ def eval_blocks(cfg: LlamaLoraConfig) -> list[Block]:
 
 
 class LlamaLoraBenchmark(Benchmark):
+    @classmethod
+    def check_settings(cls, cfg: LlamaLoraConfig, run_dir: str) -> None:
+        if cfg.optim.max_steps < 1:
+            raise ValueError(f"optim.max_steps={cfg.optim.max_steps}: expected >= 1")
+
     def __init__(self, cfg: LlamaLoraConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
+        self.check_settings(cfg, ctx.run_dir)
         m, t, o, layout = cfg.model, cfg.train, cfg.optim, ctx.layout
-        if t.global_batch_size % (layout.dp * t.micro_batch_size):
+        if t.global_batch_size % (layout.dp * t.micro_batch_size):  # dp is known once the ranks are
             raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
                              f"dp*micro_batch_size = {layout.dp}*{t.micro_batch_size}")
-        if o.max_steps < 1:
-            raise ValueError(f"optim.max_steps={o.max_steps}: expected >= 1")
         self.num_microbatches = t.global_batch_size // (layout.dp * t.micro_batch_size)
         self.schedule = step_schedule(cfg)
         self.seq_length = m.seq_length

@@ -41,15 +41,9 @@ class ResNetBenchmark(DataParallelBenchmark):
 
     def __init__(self, cfg: ResNetConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
-        t, d = cfg.train, cfg.data
-        if d.loader not in ("dali", "torch"):
-            raise ValueError(f"data.loader={d.loader!r}: expected 'dali' or 'torch'")
-        if not 0 <= t.eval_offset < t.eval_every_epochs:
-            raise ValueError(f"train.eval_offset={t.eval_offset} must be in [0, train.eval_every_epochs="
-                             f"{t.eval_every_epochs})")
+        self.check_settings(cfg, ctx.run_dir)
+        t = cfg.train
         self.steps_per_epoch = cfg.data.train_samples // t.global_batch_size  # last partial batch dropped
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"data.train_samples={cfg.data.train_samples} is smaller than one global batch")
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         # poly_decay_steps = total - warmup + 1, as the reference computes (and an RCP states) it
         self.total_steps = cfg.optim.decay_steps + self.warmup_steps - 1 if cfg.optim.decay_steps else \
@@ -64,6 +58,17 @@ class ResNetBenchmark(DataParallelBenchmark):
         self.optimizer = FusedLARS(lars_param_groups(unwrap(self.model)), lr=o.base_lr, momentum=o.momentum,
                                    weight_decay=o.weight_decay, eeta=o.trust_coefficient,
                                    epsilon=o.epsilon)
+
+    @classmethod
+    def check_settings(cls, cfg: ResNetConfig, run_dir: str) -> None:
+        t, d = cfg.train, cfg.data
+        if d.loader not in ("dali", "torch"):
+            raise ValueError(f"data.loader={d.loader!r}: expected 'dali' or 'torch'")
+        if not 0 <= t.eval_offset < t.eval_every_epochs:
+            raise ValueError(f"train.eval_offset={t.eval_offset} must be in [0, train.eval_every_epochs="
+                             f"{t.eval_every_epochs})")
+        if d.train_samples < t.global_batch_size:
+            raise ValueError(f"data.train_samples={d.train_samples} is smaller than one global batch")
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:

@@ -49,14 +49,9 @@ class SSDBenchmark(DataParallelBenchmark):
 
     def __init__(self, cfg: SSDConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
+        self.check_settings(cfg, ctx.run_dir)
         t, d, o = cfg.train, cfg.data, cfg.optim
-        if d.loader not in ("torch", "dali"):
-            raise ValueError(f"data.loader={d.loader!r}: expected 'torch' or 'dali'")
-        if o.weight_decay != 0:
-            raise ValueError(f"optim.weight_decay={o.weight_decay}: the closed rules fix it at 0")
         self.steps_per_epoch = d.train_samples // t.global_batch_size  # last partial batch dropped
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"data.train_samples={d.train_samples} is smaller than one global batch")
         self.warmup_steps = o.warmup_epochs * self.steps_per_epoch
         model = build_retinanet(cfg.model)
         if d.init_checkpoint:
@@ -71,6 +66,16 @@ class SSDBenchmark(DataParallelBenchmark):
         self._anchors = {}
         self._detections, self._gt, self._category_ids = None, None, None
         self._scorer = None  # rank 0's background COCO scorer (train.async_eval)
+
+    @classmethod
+    def check_settings(cls, cfg: SSDConfig, run_dir: str) -> None:
+        t, d, o = cfg.train, cfg.data, cfg.optim
+        if d.loader not in ("torch", "dali"):
+            raise ValueError(f"data.loader={d.loader!r}: expected 'torch' or 'dali'")
+        if o.weight_decay != 0:
+            raise ValueError(f"optim.weight_decay={o.weight_decay}: the closed rules fix it at 0")
+        if d.train_samples < t.global_batch_size:
+            raise ValueError(f"data.train_samples={d.train_samples} is smaller than one global batch")
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:

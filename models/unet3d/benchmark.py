@@ -52,21 +52,12 @@ class UNet3DBenchmark(DataParallelBenchmark):
 
     def __init__(self, cfg: UNet3DConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
+        self.check_settings(cfg, ctx.run_dir)
         d, t, o = cfg.data, cfg.train, cfg.optim
-        if d.loader not in ("torch", "dali"):
-            raise ValueError(f"data.loader={d.loader!r}: expected 'torch' or 'dali'")
-        _check_shape("data.input_shape", d.input_shape, cfg)
-        _check_shape("eval.roi_shape", cfg.eval.roi_shape, cfg)
-        if not 0 <= cfg.eval.overlap < 1 or cfg.eval.window_batch < 1:
-            raise ValueError(f"eval.overlap={cfg.eval.overlap} must be in [0, 1) and eval.window_batch >= 1")
         self.steps_per_epoch = d.train_samples // t.global_batch_size  # the last partial batch is dropped
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"data.train_samples={d.train_samples} is smaller than one global batch "
-                             f"({t.global_batch_size})")
         self.samples_per_epoch = self.steps_per_epoch * t.global_batch_size
         self.eval_epochs = schedule.eval_epochs(start_samples=t.start_eval_samples, every_samples=t.eval_every_samples,
                                                 max_samples=t.max_samples, samples_per_epoch=self.samples_per_epoch)
-        schedule.check_decay_boundaries(o.decay_boundary_epochs, o.warmup_epochs)
         if ctx.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
         self.memory_format = torch.channels_last_3d if t.channels_last else torch.contiguous_format
@@ -74,6 +65,20 @@ class UNet3DBenchmark(DataParallelBenchmark):
                                  compile=t.compile)
         self.optimizer = schedule.build_sgd(unwrap(self.model).parameters(), momentum=o.momentum,
                                             weight_decay=o.weight_decay)
+
+    @classmethod
+    def check_settings(cls, cfg: UNet3DConfig, run_dir: str) -> None:
+        d, t, o = cfg.data, cfg.train, cfg.optim
+        if d.loader not in ("torch", "dali"):
+            raise ValueError(f"data.loader={d.loader!r}: expected 'torch' or 'dali'")
+        _check_shape("data.input_shape", d.input_shape, cfg)
+        _check_shape("eval.roi_shape", cfg.eval.roi_shape, cfg)
+        if not 0 <= cfg.eval.overlap < 1 or cfg.eval.window_batch < 1:
+            raise ValueError(f"eval.overlap={cfg.eval.overlap} must be in [0, 1) and eval.window_batch >= 1")
+        if d.train_samples < t.global_batch_size:
+            raise ValueError(f"data.train_samples={d.train_samples} is smaller than one global batch "
+                             f"({t.global_batch_size})")
+        schedule.check_decay_boundaries(o.decay_boundary_epochs, o.warmup_epochs)
 
     # -- logging -----------------------------------------------------------------------------------------
     def log_hyperparameters(self) -> None:

@@ -32,8 +32,29 @@ def test_config_errors_are_one_line_and_exit_2_before_run_start(resnet_debug_dat
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert re.fullmatch(f"error: .*{message}.*\n", r.stderr, re.S) and r.stderr.count("\n") == 1, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
-    log = tmp_path / "mlperf_log.txt"
-    assert not log.exists() or "run_start" not in log.read_text()
+    assert list(tmp_path.iterdir()) == []  # the run directory as it was: no log, no config snapshot
+
+
+@pytest.mark.parametrize("benchmark, override, message", [
+    ("ssd", "optim.weight_decay=0.1", "optim.weight_decay=0.1: the closed rules fix it at 0"),
+    ("unet3d", "eval.overlap=1.5", r"eval.overlap=1.5 must be in \[0, 1\)"),
+    ("gnn", "train.grad_accum=2", "train.grad_accum=2: R-GAT trains without accumulation"),
+    ("bert", "data.max_seq_length=4096", "data.max_seq_length=4096 exceeds model.max_position_embeddings"),
+    ("llama2_70b_lora", "optim.max_steps=0", "optim.max_steps=0: expected >= 1"),
+    ("stable_diffusion", "train.eval_mode=later", "train.eval_mode='later': expected one of"),
+])
+def test_a_bad_setting_fails_in_one_line_before_the_run_directory_is_touched(tmp_path, benchmark, override, message):
+    """Benchmark.check_settings is asked before any process group, model, log or snapshot exists (an empty data
+    directory is enough: the settings are wrong whatever the data)."""
+    import os
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    r = subprocess.run(train_command(benchmark, tmp_path, run_dir, override), capture_output=True, text=True,
+                       cwd=REPO, env={**os.environ, **ENV_ONE_THREAD}, timeout=120)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert re.fullmatch(f"error: {message}.*\n", r.stderr, re.S) and r.stderr.count("\n") == 1, r.stderr
+    assert list(run_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize("benchmark", ["gpt3", "llama2_70b_lora"])

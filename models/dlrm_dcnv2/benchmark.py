@@ -62,9 +62,17 @@ def dense_optimizer(params, o) -> torch.optim.Optimizer:
 
 
 class DLRMBenchmark(Benchmark):
+    @classmethod
+    def check_settings(cls, cfg: DLRMConfig, run_dir: str) -> None:
+        cfg.optim.check()
+        t = cfg.train
+        if cfg.data.train_samples // (t.global_batch_size * t.evals_per_epoch) < 1:
+            raise ValueError(f"data.train_samples={cfg.data.train_samples} is less than {t.evals_per_epoch} global "
+                             f"batches of {t.global_batch_size}")
+
     def __init__(self, cfg: DLRMConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
-        cfg.optim.check()
+        self.check_settings(cfg, ctx.run_dir)
         t, world = cfg.train, ctx.launch.world_size
         for key in ("global_batch_size", "eval_batch_size"):
             if getattr(t, key) % world:
@@ -73,9 +81,6 @@ class DLRMBenchmark(Benchmark):
         self.local_eval_batch = t.eval_batch_size // world
         self.steps_per_epoch = cfg.data.train_samples // t.global_batch_size  # last partial batch dropped
         self.steps_per_eval = cfg.data.train_samples // (t.global_batch_size * t.evals_per_epoch)
-        if self.steps_per_eval < 1:
-            raise ValueError(f"data.train_samples={cfg.data.train_samples} is less than {t.evals_per_epoch} global "
-                             f"batches of {t.global_batch_size}")
         self.autocast_dtype = autocast_dtype(t.precision, ("fp32", "tf32", "bf16"))
 
         o, s = cfg.optim, cfg.sharding

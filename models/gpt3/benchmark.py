@@ -112,8 +112,17 @@ def eval_blocks(cfg: GPT3Config) -> list[Block]:
 
 
 class GPT3Benchmark(Benchmark):
+    @classmethod
+    def check_settings(cls, cfg: GPT3Config, run_dir: str) -> None:
+        # before a 175B model is built: the closed rules allow these learning rates at the real sequence length
+        gbs, base_lr = cfg.train.global_batch_size, step_schedule(cfg).base_lr
+        if cfg.model.seq_length == 2048 and base_lr not in allowed_learning_rates(gbs):
+            raise ValueError(f"optim.base_lr={base_lr} is not a closed value at GBS {gbs}: "
+                             f"{allowed_learning_rates(gbs)}")
+
     def __init__(self, cfg: GPT3Config, ctx: RunContext):
         super().__init__(cfg, ctx)
+        self.check_settings(cfg, ctx.run_dir)
         m, t, o, layout = cfg.model, cfg.train, cfg.optim, ctx.layout
         self.num_microbatches = check_layout(layout, t)
         self.schedule = step_schedule(cfg)
@@ -160,9 +169,6 @@ class GPT3Benchmark(Benchmark):
         log.event(constants.OPT_GRADIENT_CLIP_NORM, o.clip_grad)
         log.event(constants.OPT_WEIGHT_DECAY, o.weight_decay)
         log.event(constants.INIT_CHECKPOINT_STEP, self.init_step)
-        if self.seq_length == 2048 and self.base_lr not in allowed_learning_rates(t.global_batch_size):
-            raise ValueError(f"optim.base_lr={self.base_lr} is not a closed value at GBS {t.global_batch_size}: "
-                             f"{allowed_learning_rates(t.global_batch_size)}")
 
     # -- batches -------------------------------------------------------------------------------------------
     def _collate(self, samples: list[dict]) -> dict:

@@ -205,7 +205,7 @@ def test_real_eval_cadence_is_20_per_epoch_in_epoch_fractions(monkeypatch, flavo
     cfg = flavour()
     assert cfg.data.train_samples == 4_195_197_692 and cfg.train.evals_per_epoch == 20
     ctx = SimpleNamespace(launch=SimpleNamespace(world_size=8, local_world_size=8, rank=0), layout=None,
-                          device=torch.device("meta"), seed=0)
+                          device=torch.device("meta"), seed=0, run_dir="")
     bench = benchmark.DLRMBenchmark(cfg, ctx)
     gbs = cfg.train.global_batch_size
     assert (bench.steps_per_epoch, bench.steps_per_eval, bench.local_batch) == (steps_per_epoch, steps_per_eval,

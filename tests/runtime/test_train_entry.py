@@ -42,6 +42,9 @@ def test_config_errors_are_one_line_and_exit_2_before_run_start(resnet_debug_dat
     ("bert", "data.max_seq_length=4096", "data.max_seq_length=4096 exceeds model.max_position_embeddings"),
     ("llama2_70b_lora", "optim.max_steps=0", "optim.max_steps=0: expected >= 1"),
     ("stable_diffusion", "train.eval_mode=later", "train.eval_mode='later': expected one of"),
+    ("dlrm_dcnv2", "optim.eps=1e-7", r"the closed rules fix these DLRMv2 optimizer settings.*optim.eps=1e-07"),
+    # a real flavour: the 175B model is never built, the closed learning rates are checked first
+    ("gpt3", "optim.base_lr=0.001", r"optim.base_lr=0.001 is not a closed value at GBS 1536: \(2e-05,\)"),
 ])
 def test_a_bad_setting_fails_in_one_line_before_the_run_directory_is_touched(tmp_path, benchmark, override, message):
     """Benchmark.check_settings is asked before any process group, model, log or snapshot exists (an empty data
@@ -50,8 +53,9 @@ def test_a_bad_setting_fails_in_one_line_before_the_run_directory_is_touched(tmp
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    r = subprocess.run(train_command(benchmark, tmp_path, run_dir, override), capture_output=True, text=True,
-                       cwd=REPO, env={**os.environ, **ENV_ONE_THREAD}, timeout=120)
+    flavour = "dgxh100_32x8" if benchmark == "gpt3" else "debug"
+    r = subprocess.run(train_command(benchmark, tmp_path, run_dir, override, flavour=flavour), capture_output=True,
+                       text=True, cwd=REPO, env={**os.environ, **ENV_ONE_THREAD}, timeout=120)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert re.fullmatch(f"error: {message}.*\n", r.stderr, re.S) and r.stderr.count("\n") == 1, r.stderr
     assert list(run_dir.iterdir()) == []

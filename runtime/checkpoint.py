@@ -34,6 +34,12 @@ def write_run_state(directory: str, seed: int) -> None:
     write_text_atomic(os.path.join(directory, RUN_STATE), json.dumps({"seed": seed}) + "\n")
 
 
+def resumes(run, marker: str = LATEST) -> bool:
+    """Whether a run with these settings (RunConfig) resumes: run.resume and a checkpoint (its `marker` file, the
+    newest checkpoint or the pointer to it) in run.checkpoint_dir."""
+    return bool(run.resume and run.checkpoint_dir and os.path.exists(os.path.join(run.checkpoint_dir, marker)))
+
+
 def saved_seed(directory: str) -> int | None:
     """The seed of the run whose checkpoints `directory` holds; None when it holds none."""
     path = os.path.join(directory, RUN_STATE)

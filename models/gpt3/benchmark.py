@@ -37,7 +37,7 @@ from models.gpt3.parallelize import (
     uses_distributed_optimizer,
 )
 from models.gpt3.reference_checkpoint import load_reference_checkpoint, write_synthetic_reference_checkpoint
-from runtime import schedule
+from runtime import checkpoint, schedule
 from runtime.benchmark import Benchmark, RunContext
 from runtime.init_checkpoint import init_checkpoint_dir
 from runtime.mcore import checkpointing
@@ -318,7 +318,7 @@ class GPT3Benchmark(Benchmark):
         """Untimed, as the rules allow: the reference checkpoint's weights and Adam moments, unless the run
         resumes from a checkpoint of its own (which holds both already)."""
         d, ctx, run = self.cfg.data, self.ctx, self.cfg.run
-        if run.resume and run.checkpoint_dir and os.path.exists(os.path.join(run.checkpoint_dir, checkpointing.LATEST)):
+        if checkpoint.resumes(run, checkpointing.LATEST):
             return
         # Only the real sequence length warns: debug flavours without a checkpoint are not MLPerf runs anyway.
         path = init_checkpoint_dir(ctx, d.init_checkpoint, benchmark="gpt3", what="the reference checkpoint",

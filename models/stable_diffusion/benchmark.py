@@ -109,12 +109,6 @@ def offline_checkpoint_dir(cfg: StableDiffusionConfig, run_dir: str) -> str:
     return cfg.eval.checkpoints or os.path.join(cfg.run.checkpoint_dir or run_dir, offline_eval.DIR_NAME)
 
 
-def _resuming(cfg: StableDiffusionConfig) -> bool:
-    run = cfg.run
-    return bool(run.checkpoint_dir and run.resume and
-                os.path.exists(os.path.join(run.checkpoint_dir, checkpoint.LATEST)))
-
-
 class StableDiffusionBenchmark(DataParallelBenchmark):
     precisions = ("fp32", "tf32", "bf16", "fp16")
     eval_counters = ("clip_sum", "images")
@@ -176,7 +170,7 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
             # another run's (or an earlier attempt's that left no resume checkpoint), whose scores would count
             # as this run's.
             directory = offline_checkpoint_dir(cfg, run_dir)
-            if not _resuming(cfg) and offline_eval.holds_checkpoints(directory):
+            if not checkpoint.resumes(cfg.run) and offline_eval.holds_checkpoints(directory):
                 raise ValueError(f"{directory} already holds checkpoints (unet_*.json) and this run does not "
                                  f"resume (no {checkpoint.LATEST} in run.checkpoint_dir): give it another "
                                  f"--run-dir or eval.checkpoints, or remove them")

@@ -39,8 +39,9 @@ def every(interval: int, total: int, offset: int = 0) -> list[int]:
 
 
 def blocks(end_steps: list[int], unit: str, *, global_batch_size: int, steps_per_epoch: int = 0,
-           tokens_per_sample: int = 0) -> list[Block]:
-    """Blocks ending at the (strictly increasing, positive) steps in `end_steps`."""
+           tokens_per_sample: int = 0, samples_count_on_evals: bool = False) -> list[Block]:
+    """Blocks ending at the (strictly increasing, positive) steps in `end_steps`. `samples_count_on_evals`: the
+    eval events (and so run_stop) carry samples_count beside epoch_num, where a benchmark's rules list it."""
     if unit not in UNITS:
         raise ValueError(f"eval unit {unit!r}: expected one of {UNITS}")
     if not end_steps or end_steps[0] < 1 or any(b <= a for a, b in zip(end_steps, end_steps[1:])):
@@ -51,7 +52,10 @@ def blocks(end_steps: list[int], unit: str, *, global_batch_size: int, steps_per
         raise ValueError("token blocks need tokens_per_sample >= 1")
     out, first = [], 0
     for last in end_steps:
-        out.append(_block(first, last, unit, global_batch_size, steps_per_epoch, tokens_per_sample))
+        block = _block(first, last, unit, global_batch_size, steps_per_epoch, tokens_per_sample)
+        if samples_count_on_evals:
+            block.eval_metadata["samples_count"] = last * global_batch_size
+        out.append(block)
         first = last
     return out
 

@@ -105,10 +105,8 @@ def step_schedule(cfg: LlamaLoraConfig) -> StepSchedule:
 
 def eval_blocks(cfg: LlamaLoraConfig) -> list[Block]:
     """Blocks in samples: `samples_count` on every event, and `epoch_num` (the same count) on the evals."""
-    gbs = cfg.train.global_batch_size
-    out = schedule.blocks(step_schedule(cfg).eval_end_steps(), "samples", global_batch_size=gbs)
-    return [replace(b, eval_metadata={**b.eval_metadata, "samples_count": b.eval_metadata["epoch_num"]})
-            for b in out]
+    return schedule.blocks(step_schedule(cfg).eval_end_steps(), "samples",
+                           global_batch_size=cfg.train.global_batch_size, samples_count_on_evals=True)
 
 
 class LlamaLoraBenchmark(Benchmark):

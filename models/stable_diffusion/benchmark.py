@@ -425,10 +425,7 @@ class StableDiffusionBenchmark(DataParallelBenchmark):
         """An evaluation every CEIL(checkpoint_every_images / GBS) steps, up to the budget. eval_start / eval_stop
         (and so eval_accuracy and run_stop) carry samples_count besides epoch_num, as the spec lists them."""
         ends = schedule.every(eval_interval_steps(self.cfg), self.budget_steps())
-        out = schedule.blocks(ends, "samples", global_batch_size=self.global_batch_size)
-        for block in out:
-            block.eval_metadata["samples_count"] = block.eval_metadata["epoch_num"]
-        return out
+        return schedule.blocks(ends, "samples", global_batch_size=self.global_batch_size, samples_count_on_evals=True)
 
     # -- checkpoints: written in the background (NVIDIA's are too), so that training goes on meanwhile ------
     def save_checkpoint(self, directory: str, common: dict) -> None:

@@ -35,6 +35,18 @@ def test_sample_blocks_start_and_stop_at_their_ends():
         ({"samples_count": 3200}, {"samples_count": 3840}, {"epoch_num": 3840})]
 
 
+def test_samples_count_on_evals_where_the_rules_list_it():
+    # Llama's and SD's eval lines carry samples_count beside epoch_num (in samples both); in epochs it is the
+    # samples trained at the block's end
+    out = blocks([50, 120], "samples", global_batch_size=32, samples_count_on_evals=True)
+    assert [b.eval_metadata for b in out] == [{"epoch_num": 1600, "samples_count": 1600},
+                                              {"epoch_num": 3840, "samples_count": 3840}]
+    out = blocks([10, 20], "epochs", global_batch_size=8, steps_per_epoch=10, samples_count_on_evals=True)
+    assert [b.eval_metadata for b in out] == [{"epoch_num": 1, "samples_count": 80},
+                                              {"epoch_num": 2, "samples_count": 160}]
+    assert "samples_count" not in blocks([50], "samples", global_batch_size=32)[0].eval_metadata
+
+
 def test_token_blocks_count_tokens():
     out = blocks([20, 40], "tokens", global_batch_size=16, tokens_per_sample=64)
     per_step = 16 * 64

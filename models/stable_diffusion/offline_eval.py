@@ -55,7 +55,7 @@ def write_checkpoint(directory: str, unet_state: dict, meta: dict) -> None:
     """The weights, then the metadata that marks them complete (both atomically)."""
     stem = checkpoint_stem(directory, meta["samples_count"])
     checkpoint.save_atomic({"unet": unet_state}, stem + ".pt")
-    checkpoint.write_text_atomic(stem + ".json", json.dumps(meta) + "\n")
+    write_text_atomic(stem + ".json", json.dumps(meta) + "\n")
 
 
 def write_training_done(directory: str, run_id: str, samples: int) -> None:

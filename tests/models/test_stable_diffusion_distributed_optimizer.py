@@ -24,19 +24,17 @@ from test_distributed_optimizer import (  # noqa: E402 - the fake apex at its AP
     install_fake_apex,
 )
 
-from kernels import backends  # noqa: E402
 from models.stable_diffusion import SPEC  # noqa: E402
 
 WORLD, STEPS = 2, 3
 
 
-def test_the_flag_without_apex_is_a_one_line_error_before_the_model_is_built(tmp_path, monkeypatch):
+def test_the_flag_without_apex_is_a_one_line_error_before_the_model_is_built(tmp_path, clean):
     from conftest import build_logged
 
     from models.stable_diffusion import benchmark
 
-    backends.reset()
-    monkeypatch.delenv("MLPERF_KERNELS", raising=False)
+    monkeypatch = clean
     monkeypatch.setitem(sys.modules, "apex", None)  # as on the CPU set
 
     def no_model(*args, **kwargs):
@@ -48,7 +46,6 @@ def test_the_flag_without_apex_is_a_one_line_error_before_the_model_is_built(tmp
     with pytest.raises(ValueError, match="trains with apex's DistributedFusedAdam: set MLPERF_KERNELS=apex") as err:
         build_logged(SPEC, cfg, tmp_path)
     assert "\n" not in str(err.value)
-    backends.reset()
 
 
 def _rank(rank: int, init_file: str, data_dir: str, run_dir: str, out_dir: str) -> None:
